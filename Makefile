@@ -1,0 +1,50 @@
+# procmond developer entry points. `make run` and `make test` are the two
+# fresh-machine commands of the README: both install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+APT    := DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: run test lint typecheck unit soak bench diagrams system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# redis-server: the embedded default and the test suite's private servers.
+# graphviz (dot): the SVG diagram; optional, so a failed install is not fatal.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required: apt-get install redis-server" >&2; exit 1; }
+	@command -v dot >/dev/null 2>&1 || { $(APT) install -y -qq graphviz >/dev/null 2>&1 || echo "note: graphviz not installed; SVG diagrams are skipped" >&2; }
+
+run: $(STAMP) system-deps
+	$(BIN)/procmond run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) system-deps
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -m "not soak"
+
+test: lint typecheck unit
+
+soak: $(STAMP) system-deps
+	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -m soak
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
+
+diagrams: $(STAMP)
+	$(BIN)/procmond diagram
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
