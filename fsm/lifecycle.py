@@ -45,7 +45,7 @@ from typing import Any, Final
 from transitions import Machine, MachineError
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """The five lifecycle states; the value is the wire spelling."""
 
     UNREGISTERED = "unregistered"
@@ -55,7 +55,7 @@ class State(str, enum.Enum):
     DEREGISTERED = "deregistered"
 
 
-class Trigger(str, enum.Enum):
+class Trigger(enum.StrEnum):
     """Inputs that move the lifecycle; the value is the trigger name."""
 
     START_REGISTRATION = "start_registration"
@@ -66,7 +66,7 @@ class Trigger(str, enum.Enum):
     DRAIN_COMPLETE = "drain_complete"
 
 
-class Operation(str, enum.Enum):
+class Operation(enum.StrEnum):
     """Messages the actor's mailbox may be asked to take.
 
     The first three are the wire RPCs of protocol section 6; the rest are
@@ -90,7 +90,7 @@ WIRE_OPERATIONS: Final = (
 )
 
 
-class RefusalCode(str, enum.Enum):
+class RefusalCode(enum.StrEnum):
     """Wire error codes (protocol section 4) the lifecycle can produce."""
 
     INVALID_STATE = "INVALID_STATE"
@@ -255,7 +255,7 @@ class LifecycleError(Exception):
     """
 
 
-class InvalidTransition(LifecycleError):
+class InvalidTransition(LifecycleError):  # noqa: N818 - names the refused input, as h11's errors do
     """A trigger was fired in a state that declares no move for it.
 
     The machine is left exactly as it was.
