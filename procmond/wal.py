@@ -1,0 +1,597 @@
+"""Durable write-ahead log of process events (stdlib only).
+
+Theory of operation
+-------------------
+Every event gets a sequence number ``seq`` (1, 2, 3, ... per data directory,
+never reused, continuing across restarts). The daemon appends an event here
+*before* publishing it to Redis and acknowledges it with
+:meth:`WriteAheadLog.ack_through` once Redis has stored it. Events are
+published in seq order, so an acknowledgement is a watermark.
+
+On disk the log is a directory (mode 0700) of segment files (mode 0600) named
+by the seq of their first record, ``wal-00000000000000000001.log``, so that
+names sort in log order. A segment is a 20-byte header followed by frames::
+
+    segment header  magic b"PMWAL\\x00v1" (8) | base seq u64 | crc32 of both u32
+    frame           length u32 | kind u8 | seq u64 | crc32(payload) u32
+                    | crc32 of the previous 17 bytes u32 | payload (length bytes)
+
+All integers are little-endian. ``kind`` 1 is an event (``seq`` is its number;
+within a segment they run base, base+1, ...); ``kind`` 2 is an acknowledgement
+watermark (``seq`` is the highest acknowledged number, the payload is empty).
+The frame header has its own checksum so that a damaged ``length`` is caught
+instead of being read as a torn tail.
+
+Writes go straight to the kernel (``os.write``), so a crash of the process
+loses nothing; :meth:`WriteAheadLog.sync` makes them survive a crash of the
+machine (fsync of every segment written since the last sync, then the
+directory when files were created or removed). Acknowledgements are kept in
+memory and written as one ack frame at the next ``sync()``: losing one only
+replays events that Redis already has, which at-least-once delivery allows.
+
+Segments whose events are all acknowledged are deleted, except the one being
+written: it always exists, and its header carries the next seq even when it
+holds no event, which is how numbering continues after everything was
+acknowledged.
+
+Recovery (:meth:`WriteAheadLog.open`) reads every segment in order. A damaged
+final frame of the last segment (cut short, or failing its checksum where it
+ends the file, or zero-filled) is a torn write: it is truncated away silently.
+Any other damage is corruption: it is logged, counted in
+:attr:`WriteAheadLog.corrupt_records`, kept as a :class:`WalCorruptError` in
+:attr:`WriteAheadLog.corruption_reports`, and the rest of that segment is
+skipped; start-up never fails because of it. When the damaged segment is the
+last one, the seqs that its unreadable part may have used are unknown, so the
+next seq is pushed past the most frames that could fit there: a gap in seqs
+(reported downstream as lost events, which they are) is safe, reusing a seq
+that may already have been published is not.
+
+A ``WriteAheadLog`` is not thread-safe: it has one owner, which calls it from
+one thread (or one asyncio task, through ``asyncio.to_thread`` if it must not
+block the loop). Two processes cannot share a directory: an exclusive
+``flock`` on ``wal.lock`` refuses the second one with :class:`WalLockedError`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+__all__ = [
+    "FRAME_OVERHEAD",
+    "SEGMENT_HEADER_SIZE",
+    "WalClosedError",
+    "WalCorruptError",
+    "WalError",
+    "WalFullError",
+    "WalLockedError",
+    "WalRecord",
+    "WriteAheadLog",
+    "segment_name",
+]
+
+_log = logging.getLogger(__name__)
+
+_MAGIC: Final = b"PMWAL\x00v1"
+_SEG_HEAD: Final = struct.Struct("<8sQ")
+_FRAME_HEAD: Final = struct.Struct("<IBQI")
+_U32: Final = struct.Struct("<I")
+SEGMENT_HEADER_SIZE: Final = _SEG_HEAD.size + _U32.size  # 20 bytes
+FRAME_OVERHEAD: Final = _FRAME_HEAD.size + _U32.size  # 21 bytes before each payload
+_KIND_DATA: Final = 1
+_KIND_ACK: Final = 2
+_MAX_PAYLOAD: Final = 0xFFFFFFFF  # the length field is a u32
+_NAME_RE: Final = re.compile(r"^wal-(\d{20})\.log$")
+LOCK_NAME: Final = "wal.lock"
+
+
+class WalError(Exception):
+    """Base of every write-ahead-log error.
+
+    Hierarchy::
+
+        WalError                 anything the log refuses or cannot do
+        +-- WalFullError         the size cap is reached; nothing was written (world)
+        +-- WalCorruptError      damage found on disk; reported, never raised by open() (world)
+        +-- WalLockedError       another process holds the directory (world)
+        +-- WalClosedError       used before open() or after close() (caller's bug)
+
+    An ``OSError`` from the file system during a write is re-raised as a plain
+    ``WalError`` (``from`` the cause) after the partial write is undone.
+    """
+
+
+class WalFullError(WalError):
+    """Appending would pass ``max_total_bytes``; nothing was written."""
+
+    def __init__(self, needed: int, used: int, limit: int) -> None:
+        super().__init__(f"write-ahead log full: {needed} bytes needed, {used} of {limit} used")
+        self.needed = needed
+        self.used = used
+        self.limit = limit
+
+
+class WalCorruptError(WalError):
+    """A damaged record that is not a torn tail; the rest of its segment was skipped."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt at byte {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class WalLockedError(WalError):
+    """Another ``WriteAheadLog`` (usually another procmond) holds the directory's lock."""
+
+
+class WalClosedError(WalError):
+    """The log was used before :meth:`WriteAheadLog.open` or after ``close()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecord:
+    """One event of the log: its sequence number and its opaque payload."""
+
+    seq: int
+    payload: bytes
+
+
+def segment_name(base: int) -> str:
+    """Return the file name of the segment whose first seq is ``base``."""
+    return f"wal-{base:020d}.log"
+
+
+def _segment_header(base: int) -> bytes:
+    head = _SEG_HEAD.pack(_MAGIC, base)
+    return head + _U32.pack(zlib.crc32(head))
+
+
+def _frame(kind: int, seq: int, payload: bytes) -> bytes:
+    head = _FRAME_HEAD.pack(len(payload), kind, seq, zlib.crc32(payload))
+    return head + _U32.pack(zlib.crc32(head)) + payload
+
+
+@dataclass(slots=True)
+class _Segment:
+    base: int  # first seq; events readable from it are base..last
+    path: Path
+    size: int
+    last: int  # base - 1 while it holds no readable event
+
+
+@dataclass(slots=True)
+class _Batch:
+    base: int  # the segment the parts go to
+    parts: list[bytes]
+    last: int  # the seq of the last event in parts
+
+
+@dataclass(slots=True)
+class _Scan:
+    records: list[WalRecord]
+    max_ack: int
+    end: int  # offset just past the last good frame
+    problem: str | None
+    torn: bool  # the problem looks like an interrupted final write
+
+
+def _scan(data: bytes, base: int) -> _Scan:
+    """Parse one segment's bytes; stop at the first bad frame and say why."""
+    size = len(data)
+    if size < SEGMENT_HEADER_SIZE:
+        return _Scan([], 0, 0, "segment header cut short", torn=True)
+    magic, head_base = _SEG_HEAD.unpack_from(data, 0)
+    (head_crc,) = _U32.unpack_from(data, _SEG_HEAD.size)
+    if magic != _MAGIC or head_crc != zlib.crc32(data[: _SEG_HEAD.size]) or head_base != base:
+        return _Scan([], 0, 0, "bad segment header", torn=False)
+    view = memoryview(data)
+    records: list[WalRecord] = []
+    max_ack = 0
+    expected = base
+    off = SEGMENT_HEADER_SIZE
+    head_size = _FRAME_HEAD.size
+    while off < size:
+        rest = size - off
+        if rest < FRAME_OVERHEAD:
+            return _Scan(records, max_ack, off, "frame header cut short", torn=True)
+        length, kind, seq, payload_crc = _FRAME_HEAD.unpack_from(data, off)
+        (frame_crc,) = _U32.unpack_from(data, off + head_size)
+        if frame_crc != zlib.crc32(view[off : off + head_size]):
+            # A header written only in part, followed by nothing, is a torn write.
+            zero_after = data.count(0, off + FRAME_OVERHEAD) == rest - FRAME_OVERHEAD
+            return _Scan(records, max_ack, off, "bad frame header checksum", torn=zero_after)
+        end = off + FRAME_OVERHEAD + length
+        if end > size:
+            return _Scan(records, max_ack, off, "frame cut short", torn=True)
+        payload = view[off + FRAME_OVERHEAD : end]
+        if zlib.crc32(payload) != payload_crc:
+            return _Scan(records, max_ack, off, "bad payload checksum", torn=end == size)
+        if kind == _KIND_DATA:
+            if seq != expected:
+                reason = f"seq {seq} where {expected} was expected"
+                return _Scan(records, max_ack, off, reason, torn=False)
+            records.append(WalRecord(seq, bytes(payload)))
+            expected += 1
+        elif kind == _KIND_ACK:
+            max_ack = max(max_ack, seq)
+        else:
+            return _Scan(records, max_ack, off, f"unknown frame kind {kind}", torn=False)
+        off = end
+    return _Scan(records, max_ack, off, None, torn=False)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class WriteAheadLog:
+    """The durable log of events not yet acknowledged by Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 8 * 1024 * 1024,
+        max_total_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
+        if segment_bytes <= SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
+            raise ValueError(f"segment_bytes too small: {segment_bytes}")
+        if max_total_bytes < segment_bytes:
+            raise ValueError("max_total_bytes must be at least segment_bytes")
+        self._dir = Path(directory)
+        self._segment_bytes = segment_bytes
+        self._max_total = max_total_bytes
+        self._segments: list[_Segment] = []  # in seq order; the last one is written to
+        self._fd = -1  # the current (last) segment, opened for appending
+        self._unsynced: list[Path] = []  # earlier segments written since the last sync()
+        self._dir_dirty = False
+        self._next_seq = 1
+        self._acked = 0
+        self._persisted_ack = 0
+        self._bytes_used = 0
+        self._corrupt = 0
+        self.corruption_reports: list[WalCorruptError] = []
+        self._opened = False
+        self._closed = False
+
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self._dir, 0o700)  # also tighten a directory that already existed
+        lock_path = self._dir / LOCK_NAME
+        self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self._lock_fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(self._lock_fd)
+            raise WalLockedError(
+                f"{self._dir} is in use by another process (pid {holder or 'unknown'});"
+                f" two procmond cannot share one data directory"
+            ) from exc
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        """The data directory."""
+        return self._dir
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended event will get."""
+        return self._next_seq
+
+    @property
+    def last_acked(self) -> int:
+        """The acknowledgement watermark: every seq up to it is done (0: none)."""
+        return self._acked
+
+    @property
+    def pending(self) -> int:
+        """How many readable events are not acknowledged yet."""
+        acked = self._acked
+        return sum(max(0, s.last - max(s.base, acked + 1) + 1) for s in self._segments)
+
+    @property
+    def bytes_used(self) -> int:
+        """Total size of the segment files."""
+        return self._bytes_used
+
+    @property
+    def max_total_bytes(self) -> int:
+        """The cap on :attr:`bytes_used` that :meth:`append` enforces."""
+        return self._max_total
+
+    @property
+    def usage_fraction(self) -> float:
+        """``bytes_used / max_total_bytes``; ack frames may push it a little past 1.0."""
+        return self._bytes_used / self._max_total
+
+    @property
+    def corrupt_records(self) -> int:
+        """How many corruptions (not torn tails) recovery found, one per damaged segment."""
+        return self._corrupt
+
+    @property
+    def segment_count(self) -> int:
+        """How many segment files exist."""
+        return len(self._segments)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def open(self) -> list[WalRecord]:
+        """Recover the directory and return the unacknowledged events in seq order."""
+        if self._closed:
+            raise WalClosedError("the write-ahead log is closed")
+        if self._opened:
+            raise WalError("open() was already called")
+        found = sorted(
+            (int(m.group(1)), self._dir / name)
+            for name in os.listdir(self._dir)
+            if (m := _NAME_RE.match(name))
+        )
+        records: list[WalRecord] = []
+        acked = 0
+        next_seq = 1
+        reuse_last = False
+        for index, (base, path) in enumerate(found):
+            is_last = index == len(found) - 1
+            data = path.read_bytes()
+            scan = _scan(data, base)
+            records.extend(scan.records)
+            acked = max(acked, scan.max_ack)
+            last = scan.records[-1].seq if scan.records else base - 1
+            seg = _Segment(base, path, len(data), last)
+            next_seq = max(next_seq, last + 1)
+            if scan.problem is None:
+                reuse_last = is_last
+            elif is_last and scan.torn:
+                _log.info("wal: truncating torn tail of %s at byte %d", path, scan.end)
+                self._repair_torn(path, base, scan.end)
+                seg.size = max(scan.end, SEGMENT_HEADER_SIZE)
+                reuse_last = True
+            else:
+                self._report(WalCorruptError(path, scan.end, scan.problem))
+                if is_last:
+                    # Unknown seqs may hide in the unreadable rest: skip past all of them.
+                    hidden = (len(data) - scan.end) // FRAME_OVERHEAD
+                    next_seq = max(next_seq, last + 1 + hidden, base + 1)
+            if is_last and reuse_last:
+                next_seq = max(next_seq, base)
+            self._segments.append(seg)
+        self._acked = self._persisted_ack = min(acked, next_seq - 1)
+        self._next_seq = max(next_seq, self._acked + 1)
+        self._bytes_used = sum(s.size for s in self._segments)
+        if reuse_last:
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:
+            self._create_segment(self._next_seq)
+        self._opened = True
+        self._prune()
+        return [r for r in records if r.seq > self._acked]
+
+    def close(self) -> None:
+        """Sync and release the files and the lock; safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if self._opened:
+                self.sync()
+        finally:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            os.close(self._dir_fd)
+            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the log ----------------------------------------------------------------------
+
+    def append(self, payloads: Sequence[bytes]) -> list[WalRecord]:
+        """Give each payload the next seq and write it (not yet fsynced; see :meth:`sync`).
+
+        Raises :class:`WalFullError`, writing nothing, if the records would
+        push :attr:`bytes_used` past :attr:`max_total_bytes`.
+        """
+        self._require_open()
+        if not payloads:
+            return []
+        limit = self._segment_bytes
+        cur = self._segments[-1]
+        size = cur.size
+        has_data = cur.last >= cur.base
+        seq = self._next_seq
+        batch = _Batch(cur.base, [], cur.last)
+        batches = [batch]
+        records: list[WalRecord] = []
+        total = 0
+        head_pack = _FRAME_HEAD.pack
+        u32_pack = _U32.pack
+        crc32 = zlib.crc32
+        for payload in payloads:
+            length = len(payload)
+            if length > _MAX_PAYLOAD:
+                raise ValueError(f"payload of {length} bytes is too large for one record")
+            need = FRAME_OVERHEAD + length
+            if has_data and size + need > limit:
+                # Rotate only after at least one event, so a new name never repeats.
+                batch = _Batch(seq, [], seq - 1)
+                batches.append(batch)
+                size = SEGMENT_HEADER_SIZE
+                total += SEGMENT_HEADER_SIZE
+            head = head_pack(length, _KIND_DATA, seq, crc32(payload))
+            batch.parts += (head, u32_pack(crc32(head)), payload)
+            batch.last = seq
+            size += need
+            total += need
+            has_data = True
+            records.append(WalRecord(seq, payload))
+            seq += 1
+        if self._bytes_used + total > self._max_total:
+            raise WalFullError(total, self._bytes_used, self._max_total)
+        self._write_batches(batches)
+        self._next_seq = seq
+        return records
+
+    def sync(self) -> None:
+        """Make everything appended and acknowledged so far survive a machine crash."""
+        self._require_open()
+        if self._acked > self._persisted_ack:
+            # Ack frames are tiny and at most one per sync(), so they skip the size cap.
+            frame = _frame(_KIND_ACK, self._acked, b"")
+            self._write_current(frame)
+            self._persisted_ack = self._acked
+        for path in self._unsynced:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # deleted after its events were acknowledged
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced.clear()
+        os.fsync(self._fd)
+        if self._dir_dirty:
+            os.fsync(self._dir_fd)
+            self._dir_dirty = False
+
+    def ack_through(self, seq: int) -> None:
+        """Acknowledge every event up to ``seq`` and delete segments no longer needed.
+
+        The watermark is written at the next :meth:`sync`; a crash before it
+        only replays already delivered events.
+        """
+        self._require_open()
+        if seq <= self._acked:
+            return
+        if seq >= self._next_seq:
+            raise ValueError(
+                f"cannot acknowledge seq {seq}: the last appended is {self._next_seq - 1}"
+            )
+        self._acked = seq
+        self._prune()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise WalClosedError("the write-ahead log is closed")
+        if not self._opened:
+            raise WalClosedError("call open() before using the write-ahead log")
+
+    def _report(self, error: WalCorruptError) -> None:
+        _log.warning("wal: %s; skipping the rest of the segment", error)
+        self._corrupt += 1
+        self.corruption_reports.append(error)
+
+    def _repair_torn(self, path: Path, base: int, end: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if end < SEGMENT_HEADER_SIZE:
+                os.ftruncate(fd, 0)
+                _write_all(fd, _segment_header(base))
+            else:
+                os.ftruncate(fd, end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create_segment(self, base: int) -> None:
+        path = self._dir / segment_name(base)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            _write_all(fd, _segment_header(base))
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        if self._fd >= 0:
+            self._unsynced.append(self._segments[-1].path)
+            os.close(self._fd)
+        self._fd = fd
+        self._dir_dirty = True
+        self._segments.append(_Segment(base, path, SEGMENT_HEADER_SIZE, base - 1))
+        self._bytes_used += SEGMENT_HEADER_SIZE
+
+    def _write_current(self, data: bytes) -> None:
+        seg = self._segments[-1]
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            os.ftruncate(self._fd, seg.size)  # leave no half frame behind
+            raise WalError(f"writing {seg.path} failed: {exc}") from exc
+        seg.size += len(data)
+        self._bytes_used += len(data)
+
+    def _write_batches(self, batches: list[_Batch]) -> None:
+        """Write each batch to its segment, creating segments as needed; all or nothing."""
+        first_new = len(self._segments)
+        cur = self._segments[-1]
+        saved = (cur.path, cur.size, cur.last, len(self._unsynced))
+        try:
+            for index, batch in enumerate(batches):
+                if index > 0:
+                    self._create_segment(batch.base)
+                if batch.parts:
+                    self._write_current(b"".join(batch.parts))
+                    self._segments[-1].last = batch.last
+        except (OSError, WalError) as exc:
+            self._undo(first_new, *saved)
+            if isinstance(exc, WalError):
+                raise
+            raise WalError(f"appending to the write-ahead log failed: {exc}") from exc
+
+    def _undo(self, first_new: int, path: Path, size: int, last: int, unsynced: int) -> None:
+        for seg in self._segments[first_new:]:
+            seg.path.unlink(missing_ok=True)
+            self._bytes_used -= seg.size
+        del self._segments[first_new:]
+        del self._unsynced[unsynced:]
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        os.ftruncate(self._fd, size)
+        seg = self._segments[-1]
+        self._bytes_used -= seg.size - size
+        seg.size = size
+        seg.last = last
+        self._dir_dirty = True
+
+    def _prune(self) -> None:
+        """Delete leading segments whose every seq is acknowledged (never the current one)."""
+        segs = self._segments
+        while len(segs) > 1 and segs[1].base - 1 <= self._acked:
+            seg = segs.pop(0)
+            seg.path.unlink(missing_ok=True)
+            self._bytes_used -= seg.size
+            self._dir_dirty = True
+            if seg.path in self._unsynced:
+                self._unsynced.remove(seg.path)
