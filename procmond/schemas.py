@@ -39,6 +39,8 @@ IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
 # Timestamps arrive as RFC 3339 strings: parse them even in strict models,
 # but require an offset (a naive time is ambiguous).
 def _rfc3339_text(value: object) -> object:
@@ -86,7 +88,7 @@ class _Strict(BaseModel):
 # Enumerations of the protocol
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Response status (protocol section 3)."""
 
     SUCCESS = "Success"
@@ -95,7 +97,7 @@ class Status(str, enum.Enum):
     UNAVAILABLE = "Unavailable"
 
 
-class ErrorCategory(str, enum.Enum):
+class ErrorCategory(enum.StrEnum):
     """``error.category`` (protocol section 3)."""
 
     CONFIGURATION = "Configuration"
@@ -106,7 +108,7 @@ class ErrorCategory(str, enum.Enum):
     TIMEOUT = "Timeout"
 
 
-class HealthStatus(str, enum.Enum):
+class HealthStatus(enum.StrEnum):
     """Health verdict (protocol section 6)."""
 
     HEALTHY = "Healthy"
@@ -280,9 +282,9 @@ def parse_payload(operation: str, payload: dict[str, Any] | None) -> OperationPa
     """Validate ``payload`` for one of :data:`SERVED_OPERATIONS`."""
     model = _PAYLOAD_MODELS[operation]
     if payload is None and model is not UpdateConfigPayload:
-        return model()
+        payload = {}
     try:
-        return model.model_validate(payload if payload is not None else {})
+        return model.model_validate(payload)
     except ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"

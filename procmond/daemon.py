@@ -1,0 +1,225 @@
+"""``procmond run``: start the parts in dependency order, stop them in reverse.
+
+Start-up (each step only after the one before it succeeded):
+
+1. data directory (0700); embedded Redis when no URL is given;
+2. write-ahead log: opened, locked, pending events replayed into the buffer;
+3. bus: connecting in the background (Redis may still be down: we collect
+   and log anyway, and catch up when it comes);
+4. actor (collection starts with the baseline cycle) and the event flusher;
+5. RPC service: subscribed to ``control.collector.{id}`` *before*
+6. the registration manager sends its first ``Register``.
+
+Shutdown (GracefulShutdown, SIGTERM or SIGINT; protocol section 6): the actor
+drains (cycle finished, events flushed, log synced) and answers, then
+Deregister, ``deregistered`` announced, queued requests answered
+``SHUTTING_DOWN``, and every part stopped in reverse order. A second SIGINT
+exits at once: the log keeps whatever was not sent.
+
+Exit codes: see :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from contextlib import AsyncExitStack
+from typing import Final
+
+from fsm import Facts, Trigger
+from procmond.actor import GracefulShutdown, Identity, ProcmondMonitorCollector, collector_settings
+from procmond.bus import RedisBus
+from procmond.collector import ProcessCollector
+from procmond.config import EXIT_BAD_CONFIG, Settings
+from procmond.embedded import EmbeddedRedisError, RedisServer
+from procmond.errors import StartupError
+from procmond.pipeline import EventPipeline
+from procmond.registration import RegistrationFailed, RegistrationManager, RegistrationSettings
+from procmond.rpc import RpcService
+from procmond.wal import WalError, WalRecord, WriteAheadLog
+
+log = logging.getLogger("procmond")
+
+EXIT_OK: Final = 0
+EXIT_INTERNAL: Final = 1
+EXIT_CANNOT_START: Final = 3
+EXIT_REGISTRATION_FAILED: Final = 4
+EXIT_INTERRUPTED: Final = 130
+EXIT_CODES: Final = {
+    EXIT_OK: "drained and deregistered (GracefulShutdown, SIGTERM or SIGINT)",
+    EXIT_INTERNAL: "unexpected internal error",
+    EXIT_BAD_CONFIG: "invalid setting or command line",
+    EXIT_CANNOT_START: "cannot start: no Redis server binary, embedded Redis failed, "
+    "or the data directory's log is locked or unreadable",
+    EXIT_REGISTRATION_FAILED: "gave up registering after --registration-attempts failures",
+    EXIT_INTERRUPTED: "second SIGINT: exited at once; unsent events stay in the log",
+}
+#: How long shutdown waits for the last announcements and answers to go out.
+_FINAL_PUBLISH_S: Final = 3.0
+
+
+def _say(message: str) -> None:
+    """A line for the operator on stderr, whatever the log format."""
+    print(f"procmond: {message}", file=sys.stderr, flush=True)
+
+
+class Daemon:
+    """One run of procmond."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.boot_id = uuid.uuid4().hex
+        self.exit_code = EXIT_OK
+        self._interrupts = 0
+        self._actor: ProcmondMonitorCollector | None = None
+
+    async def run(self) -> int:
+        """Run until drained; returns the exit code."""
+        settings = self.settings
+        try:
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot create data directory {settings.data_dir}: {exc.strerror}",
+                EXIT_CANNOT_START,
+            ) from exc
+        async with AsyncExitStack() as stack:
+            url = settings.redis_url or await self._embedded_redis(stack)
+            wal, pending = self._open_wal()
+            bus = RedisBus(url, name=f"procmond-{settings.collector_id}")
+            pipeline = EventPipeline(
+                wal,
+                bus,
+                collector_id=settings.collector_id,
+                boot_id=self.boot_id,
+                batch_size=settings.collector.max_events_in_flight,
+                capacity=settings.buffer_capacity,
+                stream_maxlen=settings.stream_maxlen or None,
+            )
+            stack.push_async_callback(pipeline.close)
+            pipeline.restore(pending)
+            if pending:
+                _say(f"replaying {len(pending)} events left in the write-ahead log")
+            actor = ProcmondMonitorCollector(
+                Identity(settings.collector_id, self.boot_id, socket.gethostname(), os.getpid()),
+                settings.collector,
+                ProcessCollector(collector_settings(settings.collector)),
+                pipeline,
+                connection_status=lambda: bus.status.value,
+            )
+            self._actor = actor
+            rpc = RpcService(actor, bus)
+            registration = RegistrationManager(
+                actor,
+                bus,
+                RegistrationSettings(
+                    heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                    max_attempts=settings.registration_attempts or None,
+                ),
+            )
+            _say(
+                f"collector {settings.collector_id!r} (boot {self.boot_id}, pid {os.getpid()}) "
+                f"using Redis at {url}; data in {settings.data_dir}"
+            )
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            await rpc.start()
+            await registration.start()
+            self._install_signals()
+            await self._serve(actor, pipeline, rpc, registration)
+        return self.exit_code
+
+    async def _embedded_redis(self, stack: AsyncExitStack) -> str:
+        server = RedisServer(self.settings.data_dir / "redis", persistent=True)
+        try:
+            url = await asyncio.to_thread(server.start)
+        except EmbeddedRedisError as exc:
+            raise StartupError(str(exc), EXIT_CANNOT_START) from exc
+        stack.callback(server.stop)
+        _say(f"no --redis-url given: started embedded Redis (pid {server.pid}) at {url}")
+        return url
+
+    def _open_wal(self) -> tuple[WriteAheadLog, list[WalRecord]]:
+        directory = self.settings.data_dir / "wal" / self.settings.collector_id
+        try:
+            wal = WriteAheadLog(directory, max_total_bytes=self.settings.wal_max_bytes)
+            records = wal.open()
+        except WalError as exc:
+            raise StartupError(f"write-ahead log {directory}: {exc}", EXIT_CANNOT_START) from exc
+        except OSError as exc:
+            raise StartupError(
+                f"write-ahead log {directory}: {exc.strerror or exc}", EXIT_CANNOT_START
+            ) from exc
+        return wal, records
+
+    async def _serve(
+        self,
+        actor: ProcmondMonitorCollector,
+        pipeline: EventPipeline,
+        rpc: RpcService,
+        registration: RegistrationManager,
+    ) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            actor_task = tasks.create_task(actor.run(), name="procmond-actor")
+            flusher = tasks.create_task(pipeline.run(), name="procmond-flusher")
+            registrar = tasks.create_task(
+                self._register(registration), name="procmond-registration"
+            )
+            report = await actor.drained
+            await registration.deregister(report.reason, report.result)
+            actor.fire(Trigger.DRAIN_COMPLETE, Facts(drain_finished=True))
+            try:
+                async with asyncio.timeout(_FINAL_PUBLISH_S):
+                    await registrar
+            except TimeoutError:
+                log.warning("final announcements did not go out in time")
+            actor.stop()
+            await actor_task
+            await rpc.close(timeout=_FINAL_PUBLISH_S)
+            flusher.cancel()
+        _say(
+            f"exited cleanly: {report.result.events_flushed} events flushed, "
+            f"{report.result.wal_pending} left in the log"
+        )
+
+    async def _register(self, registration: RegistrationManager) -> None:
+        try:
+            await registration.run()
+        except* RegistrationFailed as group:
+            _say(f"{group.exceptions[0]}: shutting down")
+            self.exit_code = EXIT_REGISTRATION_FAILED
+            assert self._actor is not None
+            self._actor.tell(GracefulShutdown(reason="registration failed"), priority=True)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        """Only enqueue a message; the actor does the work (STYLE: celery bootsteps)."""
+        self._interrupts += 1
+        if signum == signal.SIGINT and self._interrupts > 1:
+            _say("second interrupt: exiting now; unsent events stay in the write-ahead log")
+            os._exit(EXIT_INTERRUPTED)
+        name = signal.Signals(signum).name
+        _say(f"{name} received: draining (press Ctrl-C again to exit at once)")
+        assert self._actor is not None
+        timeout_s = self.settings.shutdown_timeout_ms / 1000
+        self._actor.tell(
+            GracefulShutdown(reason=f"{name} received", timeout_s=timeout_s), priority=True
+        )
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon to completion; returns the process exit code."""
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except StartupError as exc:
+        _say(str(exc))
+        return exc.exit_code

@@ -1,0 +1,296 @@
+"""RPC service: requests on ``control.collector.{id}``, answers on the caller's topic.
+
+For each message (protocol sections 3 and 4):
+
+1. over 1 MiB: answered ``INVALID_REQUEST`` if a ``client_id`` can be found
+   in it, else dropped;
+2. not a JSON object, or no usable ``client_id``: dropped, counted in
+   ``rpc_malformed_total``, warned about (rate-limited);
+3. a repeated ``(client_id, request_id)`` gets the first answer again,
+   without executing anything;
+4. envelope schema, served operation, deadline on receipt, payload schema;
+5. handed to the actor's mailbox (which may refuse at once: ``INVALID_STATE``,
+   ``SHUTTING_DOWN``, ``BUSY``), then the answer is awaited at most until the
+   deadline, and 30 s for anything but GracefulShutdown (``TIMEOUT``).
+
+This is the one place that turns wire requests into actor messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from procmond.actor import (
+    CollectTick,
+    GracefulShutdown,
+    HealthCheck,
+    Message,
+    Outcome,
+    ProcmondMonitorCollector,
+    UpdateConfig,
+)
+from procmond.bus import Bus, BusUnavailable
+from procmond.errors import Refused
+from procmond.schemas import (
+    IDENTIFIER_PATTERN,
+    MAX_MESSAGE_BYTES,
+    SERVED_OPERATIONS,
+    GracefulShutdownPayload,
+    OperationPayload,
+    PayloadError,
+    RequestError,
+    RpcErrorBody,
+    RpcRequest,
+    RpcResponse,
+    UpdateConfigPayload,
+    loads_object,
+    parse_payload,
+    parse_request,
+)
+
+log = logging.getLogger("procmond.rpc")
+
+#: Protocol section 4: any operation but GracefulShutdown times out after 30 s.
+EXECUTION_LIMIT_S: Final = 30.0
+#: GracefulShutdown answers within its own timeout; allow for the final sync.
+SHUTDOWN_ANSWER_MARGIN_S: Final = 5.0
+#: Answers remembered for repeated request ids. Agents retry within seconds;
+#: 10,000 entries cover minutes of heavy traffic at a few MB.
+DEDUPE_ENTRIES: Final = 10_000
+#: At most one malformed-message warning per this many seconds.
+MALFORMED_WARNING_INTERVAL_S: Final = 10.0
+
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+_SALVAGE_CLIENT = re.compile(rb'"client_id"\s*:\s*"([a-z0-9][a-z0-9_-]{0,62})"')
+_SALVAGE_REQUEST = re.compile(rb'"request_id"\s*:\s*"([^"\\]{1,128})"')
+
+
+def collector_topic(collector_id: str) -> str:
+    """Where requests to ``collector_id`` arrive."""
+    return f"control.collector.{collector_id}"
+
+
+def response_topic(client_id: str) -> str:
+    """Where answers to ``client_id`` go."""
+    return f"control.rpc.response.{client_id}"
+
+
+def to_message(operation: str, payload: OperationPayload) -> Message:
+    """The actor message for a validated request."""
+    if isinstance(payload, UpdateConfigPayload):
+        return UpdateConfig(payload.changes, payload.validate_only)
+    if isinstance(payload, GracefulShutdownPayload):
+        return GracefulShutdown(payload.reason, payload.graceful_timeout_ms / 1000)
+    if operation == "HealthCheck":
+        return HealthCheck()
+    return CollectTick()  # pragma: no cover - SERVED_OPERATIONS has no other entry
+
+
+class RpcService:
+    """Subscribes to the collector's topic and answers every answerable request."""
+
+    def __init__(self, actor: ProcmondMonitorCollector, bus: Bus) -> None:
+        self._actor = actor
+        self._bus = bus
+        self._collector_id = actor.identity.collector_id
+        self._answers: collections.OrderedDict[tuple[str, str], asyncio.Future[bytes]] = (
+            collections.OrderedDict()
+        )
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._last_malformed_warning = -MALFORMED_WARNING_INTERVAL_S
+        self.requests_total = 0
+        self.responses_total = 0
+
+    async def start(self) -> None:
+        """Subscribe; returns once the server confirmed (or at once while it is down)."""
+        await self._bus.subscribe(collector_topic(self._collector_id), self._on_message)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Let answers in flight go out (bounded), then stop listening."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
+        for task in list(self._inflight):
+            task.cancel()
+        with contextlib.suppress(BusUnavailable):
+            await self._bus.unsubscribe(collector_topic(self._collector_id))
+
+    # -- intake -------------------------------------------------------------
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        received = time.monotonic()
+        self.requests_total += 1
+        if len(data) > MAX_MESSAGE_BYTES:
+            self._oversized(data, received)
+            return
+        document = loads_object(data)
+        client_id = document.get("client_id") if document is not None else None
+        if document is None or not isinstance(client_id, str) or not _IDENTIFIER.match(client_id):
+            self._malformed(
+                "not a JSON object with a valid client_id"
+                if document is None
+                else "no usable client_id"
+            )
+            return
+        try:
+            request = parse_request(document)
+        except RequestError as exc:
+            self._reply_error(
+                client_id,
+                exc.request_id,
+                exc.request_id,
+                exc.operation,
+                Refused.invalid_request(str(exc)),
+                received,
+            )
+            return
+        key = (client_id, request.request_id)
+        earlier = self._answers.get(key)
+        if earlier is not None:
+            self._answers.move_to_end(key)
+            self._spawn(self._repeat(client_id, earlier))
+            return
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._remember(key, answer)
+        self._spawn(self._serve(request, received, answer))
+
+    def _remember(self, key: tuple[str, str], answer: asyncio.Future[bytes]) -> None:
+        self._answers[key] = answer
+        while len(self._answers) > DEDUPE_ENTRIES:
+            self._answers.popitem(last=False)
+
+    def _oversized(self, data: bytes, received: float) -> None:
+        client = _SALVAGE_CLIENT.search(data)
+        if client is None:
+            self._malformed(f"{len(data)} bytes, over the 1 MiB limit, no client_id")
+            return
+        request = _SALVAGE_REQUEST.search(data)
+        request_id = request.group(1).decode(errors="replace") if request else ""
+        error = Refused.invalid_request(
+            f"message of {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
+        )
+        self._reply_error(client.group(1).decode(), request_id, request_id, "", error, received)
+
+    def _malformed(self, why: str) -> None:
+        self._actor.rpc_malformed_total += 1
+        now = time.monotonic()
+        if now - self._last_malformed_warning >= MALFORMED_WARNING_INTERVAL_S:
+            self._last_malformed_warning = now
+            log.warning(
+                "dropped an unanswerable message on %s: %s (%d dropped so far)",
+                collector_topic(self._collector_id),
+                why,
+                self._actor.rpc_malformed_total,
+            )
+
+    # -- execution ----------------------------------------------------------
+
+    async def _serve(
+        self, request: RpcRequest, received: float, answer: asyncio.Future[bytes]
+    ) -> None:
+        try:
+            outcome = await self._execute(request, received)
+        except Exception as exc:  # never let one request take the service down
+            log.exception("internal error serving %s", request.operation)
+            outcome = Outcome(error=Refused.internal(f"{type(exc).__name__}: {exc}"))
+        data = self._response(
+            request.request_id,
+            request.correlation_id or request.request_id,
+            request.operation,
+            outcome,
+            received,
+        )
+        answer.set_result(data)
+        await self._publish(request.client_id, data)
+
+    async def _execute(self, request: RpcRequest, received: float) -> Outcome:
+        operation = request.operation
+        if operation not in SERVED_OPERATIONS:
+            return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
+        remaining = (request.deadline - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            return Outcome(
+                error=Refused.deadline_exceeded(
+                    f"the deadline {request.deadline.isoformat()} had passed on arrival"
+                )
+            )
+        try:
+            payload = parse_payload(operation, request.payload)
+        except PayloadError as exc:
+            return Outcome(error=Refused.invalid_request(str(exc)))
+        message = to_message(operation, payload)
+        if isinstance(message, GracefulShutdown):
+            limit = message.timeout_s + SHUTDOWN_ANSWER_MARGIN_S
+        else:
+            limit = EXECUTION_LIMIT_S
+        wait = min(remaining, limit)
+        try:
+            future = self._actor.offer(message, deadline=received + wait)
+        except Refused as exc:
+            return Outcome(error=exc)
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            future.cancel()
+            reason = "the deadline" if remaining <= limit else f"{limit:.0f} s"
+            return Outcome(error=Refused.timeout(f"execution did not finish within {reason}"))
+
+    async def _repeat(self, client_id: str, earlier: asyncio.Future[bytes]) -> None:
+        await self._publish(client_id, await asyncio.shield(earlier))
+
+    def _reply_error(
+        self,
+        client_id: str,
+        request_id: str,
+        correlation_id: str,
+        operation: str,
+        error: Refused,
+        received: float,
+    ) -> None:
+        data = self._response(request_id, correlation_id, operation, Outcome(error=error), received)
+        self._spawn(self._publish(client_id, data))
+
+    def _response(
+        self,
+        request_id: str,
+        correlation_id: str,
+        operation: str,
+        outcome: Outcome,
+        received: float,
+    ) -> bytes:
+        error = outcome.error
+        total_ms = (time.monotonic() - received) * 1000
+        response = RpcResponse(
+            request_id=request_id,
+            correlation_id=correlation_id,
+            operation=operation,
+            service_id=self._collector_id,
+            status="Success" if error is None else error.status,  # type: ignore[arg-type]
+            payload=outcome.payload,
+            error=None if error is None else RpcErrorBody.model_validate(error.body()),
+            state=self._actor.state.value,
+            timestamp=datetime.now(UTC),
+            queue_time_ms=round(outcome.queue_ms, 3),
+            execution_time_ms=round(outcome.execution_ms, 3),
+            total_time_ms=round(max(total_ms, outcome.queue_ms + outcome.execution_ms), 3),
+        )
+        return response.to_bytes()
+
+    async def _publish(self, client_id: str, data: bytes) -> None:
+        try:
+            await self._bus.publish(response_topic(client_id), data)
+            self.responses_total += 1
+        except BusUnavailable as exc:
+            log.warning("could not answer %s: %s", client_id, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
