@@ -171,6 +171,8 @@ class Daemon:
                 self._register(registration), name="procmond-registration"
             )
             report = await actor.drained
+            # Protocol section 6: answer GracefulShutdown first, then deregister.
+            await rpc.settle(timeout=1.0)
             await registration.deregister(report.reason, report.result)
             actor.fire(Trigger.DRAIN_COMPLETE, Facts(drain_finished=True))
             try:

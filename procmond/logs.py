@@ -35,3 +35,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # transitions logs every callback at INFO; our actor logs each move itself.
+    logging.getLogger("transitions").setLevel(logging.WARNING)

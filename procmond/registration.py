@@ -127,9 +127,10 @@ class RegistrationManager:
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
         self._announcements: asyncio.Queue[State] = asyncio.Queue()
         self._heartbeat_now = asyncio.Event()
-        self._bus_restored = asyncio.Event()
+        # Set on every state change and when the bus comes back: wakes the loop.
+        self._wake = asyncio.Event()
+        self._restore_pending = False
         self._bus_was_lost = False
-        self._state_changed = asyncio.Event()
         self.accepted_once = False
         self.attempts = 0
         self.heartbeat_sequence = 0
@@ -173,10 +174,12 @@ class RegistrationManager:
             if state in (State.DRAINING, State.DEREGISTERED):
                 return
             if state is State.READY:
-                self._bus_restored.clear()
-                await self._bus_restored.wait()
-                if self._actor.state is not State.READY:
+                while self._current_state() is State.READY and not self._restore_pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                if self._current_state() is not State.READY:
                     continue
+                self._restore_pending = False
                 log.info("bus restored: registering again")
                 self._actor.fire(Trigger.BUS_RESTORED)
             else:
@@ -192,6 +195,7 @@ class RegistrationManager:
                 if answer.heartbeat_interval_ms:
                     self._interval_ms = answer.heartbeat_interval_ms
                 self.accepted_once = True
+                self._restore_pending = False  # a loss before this answer is moot now
                 failures = 0
                 delays = iter(
                     backoff_delays(
@@ -219,9 +223,9 @@ class RegistrationManager:
     async def _sleep_unless_leaving(self, delay: float) -> None:
         try:
             async with asyncio.timeout(delay):
-                while self._actor.state is State.UNREGISTERED:
-                    await self._state_changed.wait()
-                    self._state_changed.clear()
+                while self._current_state() is State.UNREGISTERED:
+                    self._wake.clear()
+                    await self._wake.wait()
         except TimeoutError:
             pass
 
@@ -309,7 +313,7 @@ class RegistrationManager:
     # -- announcements and heartbeats -------------------------------------
 
     def _on_state_change(self, old: State, new: State, trigger: Trigger) -> None:
-        self._state_changed.set()
+        self._wake.set()
         if new in (State.READY, State.DRAINING, State.DEREGISTERED):
             self._announcements.put_nowait(new)
 
@@ -317,7 +321,8 @@ class RegistrationManager:
         if status is ConnectionStatus.CONNECTED:
             if self._bus_was_lost:
                 self._bus_was_lost = False
-                self._bus_restored.set()
+                self._restore_pending = True
+                self._wake.set()
         else:
             self._bus_was_lost = True
 

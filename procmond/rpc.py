@@ -112,6 +112,11 @@ class RpcService:
         """Subscribe; returns once the server confirmed (or at once while it is down)."""
         await self._bus.subscribe(collector_topic(self._collector_id), self._on_message)
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) until the answers being published now have gone out."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
+
     async def close(self, timeout: float = 2.0) -> None:
         """Let answers in flight go out (bounded), then stop listening."""
         if self._inflight:
