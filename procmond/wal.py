@@ -374,6 +374,10 @@ class WriteAheadLog:
             if is_last and reuse_last:
                 next_seq = max(next_seq, base)
             self._segments.append(seg)
+        if self._segments:
+            # Segments are deleted only once acknowledged, so whatever precedes the first
+            # one was acknowledged, even if the ack frame that said so went with it.
+            acked = max(acked, self._segments[0].base - 1)
         self._acked = self._persisted_ack = min(acked, next_seq - 1)
         self._next_seq = max(next_seq, self._acked + 1)
         self._bytes_used = sum(s.size for s in self._segments)
