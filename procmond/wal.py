@@ -68,6 +68,7 @@ from typing import Final, Self
 
 __all__ = [
     "FRAME_OVERHEAD",
+    "LOCK_NAME",
     "SEGMENT_HEADER_SIZE",
     "WalClosedError",
     "WalCorruptError",

@@ -474,3 +474,34 @@ WalModel.TestCase.settings = settings(
     WalModel.TestCase.settings, stateful_step_count=40, deadline=None
 )
 test_wal_state_machine = WalModel.TestCase
+
+
+def test_failed_write_is_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error in the middle of a rotating append leaves the files and counters as before."""
+    directory = tmp_path / "wal"
+    wal, _ = reopen(directory, segment_bytes=SEGMENT_HEADER_SIZE + 4 * (FRAME_OVERHEAD + 40))
+    kept = wal.append(payloads(2))
+    snapshot = {n: (directory / n).read_bytes() for n in segment_files(directory)}
+    state = (wal.next_seq, wal.bytes_used, wal.pending)
+    real_write = os.write
+    calls = 0
+
+    def failing_write(fd: int, data: bytes | memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # current segment, new segment's header, then its events
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(wal_module.WalError, match="No space left"):
+        wal.append(payloads(6, start=2))
+    monkeypatch.setattr(os, "write", real_write)
+    assert {n: (directory / n).read_bytes() for n in segment_files(directory)} == snapshot
+    assert (wal.next_seq, wal.bytes_used, wal.pending) == state
+    more = wal.append(payloads(6, start=2))
+    assert more[0].seq == 3
+    wal.close()
+    wal, pending = reopen(directory)
+    assert pending == kept + more
+    wal.close()
