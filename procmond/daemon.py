@@ -147,6 +147,7 @@ class Daemon:
     def _open_wal(self) -> tuple[WriteAheadLog, list[WalRecord]]:
         directory = self.settings.data_dir / "wal" / self.settings.collector_id
         try:
+            directory.parent.mkdir(mode=0o700, exist_ok=True)
             wal = WriteAheadLog(directory, max_total_bytes=self.settings.wal_max_bytes)
             records = wal.open()
         except WalError as exc:

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from fsm import Facts, Operation, State, Trigger
 from procmond.actor import ProcmondMonitorCollector
@@ -241,7 +241,10 @@ class RegistrationManager:
             heartbeat_interval_ms=self._interval_ms,
         )
         response = await self._request(
-            "Register", payload.model_dump(mode="json"), self._settings.attempt_timeout_s
+            "Register",
+            payload.model_dump(mode="json"),
+            self._settings.attempt_timeout_s,
+            only_while=State.REGISTERING,
         )
         if response is None:
             return None
@@ -257,8 +260,18 @@ class RegistrationManager:
         return answer
 
     async def _request(
-        self, operation: str, payload: dict[str, object], timeout: float
+        self,
+        operation: str,
+        payload: dict[str, object],
+        timeout: float,
+        *,
+        only_while: State | None = None,
     ) -> AgentResponse | None:
+        """Send a request to the agent and wait for its answer.
+
+        With ``only_while``, stop waiting (None) as soon as the lifecycle
+        leaves that state: a shutdown must not wait out a Register attempt.
+        """
         request_id = f"{self._collector_id}-{operation.lower()}-{uuid.uuid4().hex[:16]}"
         now = datetime.now(UTC)
         request = OutgoingRequest(
@@ -277,7 +290,17 @@ class RegistrationManager:
             if receivers == 0:
                 log.warning("no agent listening on %s", REGISTRATION_TOPIC)
             async with asyncio.timeout(timeout):
-                return await future
+                while not future.done():
+                    if only_while is not None and self._current_state() is not only_while:
+                        return None
+                    self._wake.clear()
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    waiting: set[asyncio.Future[Any]] = {future, woken}
+                    try:
+                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        woken.cancel()
+                return future.result()
         except BusUnavailable as exc:
             log.warning("%s request not sent: %s", operation, exc)
             return None
