@@ -289,11 +289,15 @@ class Refusal:
     accepted: bool = field(default=False, init=False)
 
     def context(self) -> dict[str, Any]:
-        """The ``error.context`` object of protocol section 4 for ``INVALID_STATE``."""
+        """The ``error.context`` object of protocol section 4 for ``INVALID_STATE``.
+
+        ``accepted`` lists only wire operations: the internal ticks mean
+        nothing to an agent.
+        """
         return {
             "state": self.state.value,
             "operation": self.operation.value,
-            "accepted": [op.value for op in self.accepts],
+            "accepted": [op.value for op in self.accepts if op in WIRE_OPERATIONS],
         }
 
 

@@ -257,7 +257,7 @@ def test_internal_ticks_admission(operation: Operation, state: State) -> None:
 
 
 def test_refusal_context_names_state_operation_and_accepted() -> None:
-    """An INVALID_STATE refusal carries the wire context {state, operation, accepted}."""
+    """An INVALID_STATE refusal carries {state, operation, accepted}, listing wire ops only."""
     verdict = admission(State.REGISTERING, Operation.UPDATE_CONFIG)
     assert isinstance(verdict, Refusal)
     assert verdict.accepted is False
@@ -266,7 +266,7 @@ def test_refusal_context_names_state_operation_and_accepted() -> None:
     assert verdict.context() == {
         "state": "registering",
         "operation": "UpdateConfig",
-        "accepted": ["HealthCheck", "GracefulShutdown", "CollectTick"],
+        "accepted": ["HealthCheck", "GracefulShutdown"],
     }
 
 
