@@ -41,6 +41,7 @@ from procmond.errors import StartupError
 from procmond.pipeline import EventPipeline
 from procmond.registration import RegistrationFailed, RegistrationManager, RegistrationSettings
 from procmond.rpc import RpcService
+from procmond.sdnotify import SystemdNotifier
 from procmond.wal import WalError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond")
@@ -113,6 +114,11 @@ class Daemon:
                 connection_status=lambda: bus.status.value,
             )
             self._actor = actor
+            notifier = SystemdNotifier.from_environment()
+            if notifier is not None:
+                actor.add_state_listener(notifier.on_state_change)
+                notifier.send("STATUS=starting", f"MAINPID={os.getpid()}")
+                stack.callback(notifier.close)
             rpc = RpcService(actor, bus)
             registration = RegistrationManager(
                 actor,
@@ -131,7 +137,7 @@ class Daemon:
             await rpc.start()
             await registration.start()
             self._install_signals()
-            await self._serve(actor, pipeline, rpc, registration)
+            await self._serve(actor, pipeline, rpc, registration, notifier)
         return self.exit_code
 
     async def _embedded_redis(self, stack: AsyncExitStack) -> str:
@@ -164,8 +170,10 @@ class Daemon:
         pipeline: EventPipeline,
         rpc: RpcService,
         registration: RegistrationManager,
+        notifier: SystemdNotifier | None,
     ) -> None:
         async with asyncio.TaskGroup() as tasks:
+            watchdog = tasks.create_task(notifier.watchdog()) if notifier else None
             actor_task = tasks.create_task(actor.run(), name="procmond-actor")
             flusher = tasks.create_task(pipeline.run(), name="procmond-flusher")
             registrar = tasks.create_task(
@@ -185,6 +193,8 @@ class Daemon:
             await actor_task
             await rpc.close(timeout=_FINAL_PUBLISH_S)
             flusher.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
         _say(
             f"exited cleanly: {report.result.events_flushed} events flushed, "
             f"{report.result.wal_pending} left in the log"
