@@ -1,0 +1,1 @@
+"""Benchmarks for procmond: run with ``python -m bench.<name>``."""
