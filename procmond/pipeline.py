@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from procmond.bus import Bus, BusUnavailable, ConnectionStatus
+from procmond.bus import Bus, BusError, BusRefused, ConnectionStatus
 from procmond.collector import ProcessEvent
 from procmond.wal import WalRecord, WriteAheadLog
 
@@ -195,9 +195,14 @@ class EventPipeline:
             await self._bus.xadd_many(
                 [(entry.stream, entry.fields) for entry in batch], maxlen=self._maxlen
             )
-        except BusUnavailable as exc:
+        except BusError as exc:
+            # Unavailable (server down) or refused (WRONGTYPE, OOM, NOPERM): either
+            # way the events stay logged and buffered and are retried; a refusal
+            # must not end the flusher, or nothing would ever be published again.
             self.publish_failures += 1
-            log.debug("XADD of %d events failed, will retry: %s", len(batch), exc)
+            level = logging.WARNING if isinstance(exc, BusRefused) else logging.DEBUG
+            if level == logging.DEBUG or self.publish_failures % 100 == 1:
+                log.log(level, "XADD of %d events failed, will retry: %s", len(batch), exc)
             return False
         last = batch[-1].seq
         await asyncio.get_running_loop().run_in_executor(
