@@ -66,6 +66,11 @@ SHUTDOWN_ANSWER_MARGIN_S: Final = 5.0
 DEDUPE_ENTRIES: Final = 10_000
 #: At most one malformed-message warning per this many seconds.
 MALFORMED_WARNING_INTERVAL_S: Final = 10.0
+#: Answers being published at once. Every PUBLISH in flight holds a connection
+#: of the bus's pool (redis-py: 100, and the 101st fails at once with "Too many
+#: connections" instead of waiting); a burst of requests must queue here, not
+#: lose its answers (BUSY above all) or starve heartbeats and XADDs.
+MAX_CONCURRENT_ANSWERS: Final = 8
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _SALVAGE_CLIENT = re.compile(rb'"client_id"\s*:\s*"([a-z0-9][a-z0-9_-]{0,62})"')
@@ -105,6 +110,7 @@ class RpcService:
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_malformed_warning = -MALFORMED_WARNING_INTERVAL_S
+        self._publishing = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
         self.requests_total = 0
         self.responses_total = 0
 
@@ -290,7 +296,8 @@ class RpcService:
 
     async def _publish(self, client_id: str, data: bytes) -> None:
         try:
-            await self._bus.publish(response_topic(client_id), data)
+            async with self._publishing:
+                await self._bus.publish(response_topic(client_id), data)
             self.responses_total += 1
         except BusUnavailable as exc:
             log.warning("could not answer %s: %s", client_id, exc)
