@@ -330,6 +330,67 @@ def ctl_shutdown(
     _ctl_run(redis_url, data_dir, collector_id, "GracefulShutdown", payload, wait, json_output)
 
 
+@main.command("agent")
+@click.option(
+    "--redis-url",
+    envvar="PROCMOND_REDIS_URL",
+    help="Redis URL (default: the embedded Redis of a local `procmond run`).",
+)
+@click.option(
+    "--data-dir",
+    envvar="PROCMOND_DATA_DIR",
+    type=click.Path(file_okay=False),
+    help="Data directory of the local `procmond run` (to find its embedded Redis).",
+)
+@click.option("--json", "json_output", is_flag=True, help="JSON lines (the default off a TTY).")
+@click.option(
+    "--heartbeat-interval-ms",
+    type=click.IntRange(100, 86_400_000),
+    help="Assign this heartbeat interval to every collector (default: keep theirs).",
+)
+@click.option(
+    "--service-id",
+    default="agent",
+    show_default=True,
+    help="The service_id of this agent's answers.",
+)
+def agent_command(
+    redis_url: str | None,
+    data_dir: str | None,
+    json_output: bool,
+    heartbeat_interval_ms: int | None,
+    service_id: str,
+) -> None:
+    """Run the reference agent: answer registrations, watch heartbeats.
+
+    \b
+    On a terminal: a live table (id, state, health, last beat age, seq,
+    lost, events, buffer %). Off a terminal or with --json: one JSON object
+    per notable change (registered, rejected, discovered, state, late,
+    failed, recovered, deregistered, lost_heartbeats, bus_suspect,
+    bus_recovered). Exit 0 on SIGINT/SIGTERM, 2 when no Redis is found.
+    """
+    import asyncio
+
+    from procmond.agent import run_agent
+    from procmond.discovery import NO_REDIS_MESSAGE, discover_redis_url
+
+    url = redis_url or discover_redis_url(Path(data_dir) if data_dir else None)
+    if url is None:
+        click.echo(f"procmond: {NO_REDIS_MESSAGE}", err=True)
+        sys.exit(2)
+    sys.exit(
+        asyncio.run(
+            run_agent(
+                url,
+                json_output=json_output,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                service_id=service_id,
+            )
+        )
+    )
+
+
 @main.command()
 @click.option(
     "--out",
