@@ -20,3 +20,8 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 # Soak: many more examples, for `make soak`.
 settings.register_profile("soak", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# Private redis-server fixtures (redis_server, fresh_redis, persistent_redis).
+from redis_fixtures import fresh_redis, persistent_redis, redis_server  # noqa: E402
+
+__all__ = ["fresh_redis", "persistent_redis", "redis_server"]

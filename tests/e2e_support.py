@@ -1,0 +1,152 @@
+"""Shared pieces of the end-to-end tests: fixtures, child processes for churn, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from contract_agent import ContractAgent, RegisterMode
+from daemon_process import DaemonProcess
+
+T = TypeVar("T")
+
+HEALTH_FIELDS = {
+    "collector_id",
+    "boot_id",
+    "state",
+    "status",
+    "reasons",
+    "connection_status",
+    "uptime_seconds",
+    "pid",
+    "hostname",
+    "version",
+    "config",
+    "config_version",
+    "last_collection",
+    "metrics",
+}
+HEALTH_METRICS = {
+    "processes_collected",
+    "events_published",
+    "buffer_level_percent",
+    "collection_cycles",
+    "collection_errors",
+    "last_cycle_ms",
+    "wal_pending",
+    "heartbeats_sent",
+    "rpc_malformed_total",
+}
+RESPONSE_FIELDS = {
+    "request_id",
+    "correlation_id",
+    "operation",
+    "service_id",
+    "status",
+    "payload",
+    "error",
+    "state",
+    "timestamp",
+    "queue_time_ms",
+    "execution_time_ms",
+    "total_time_ms",
+}
+
+
+def new_id(prefix: str = "pm") -> str:
+    """A collector id of this test's own."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@asynccontextmanager
+async def running_agent(
+    url: str,
+    *,
+    register_mode: RegisterMode = "accept",
+    heartbeat_interval_ms: int | None = 200,
+    client_id: str = "test-agent",
+) -> AsyncIterator[ContractAgent]:
+    """A started contract agent, closed at the end."""
+    agent = ContractAgent(
+        url,
+        client_id=client_id,
+        register_mode=register_mode,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+    )
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.close()
+
+
+@contextmanager
+def daemon(
+    tmp_path: Path,
+    url: str | None,
+    collector_id: str,
+    *,
+    name: str = "data",
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[DaemonProcess]:
+    """A running ``procmond run``, always ended (SIGKILL at worst) on exit."""
+    process = DaemonProcess(
+        tmp_path / name, redis_url=url, collector_id=collector_id, extra_args=extra_args
+    )
+    with process:
+        yield process
+
+
+@contextmanager
+def churn_child(marker: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process (cmdline carries ``marker``) that lives until the block ends."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", marker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield child
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+
+
+def marked(entries: list[dict[str, Any]], marker: str, stream: str) -> list[dict[str, Any]]:
+    """Stream entries whose event cmdline carries ``marker``."""
+    return [
+        e for e in entries if e["stream"] == stream and marker in (e["event"].get("cmdline") or [])
+    ]
+
+
+async def poll(
+    probe: Callable[[], Awaitable[T]],
+    ok: Callable[[T], bool],
+    *,
+    timeout: float,
+    every: float = 0.1,
+) -> T:
+    """Call ``probe`` until ``ok(result)``; bounded by ``timeout`` (TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s; last value {value!r}")
+        await asyncio.sleep(every)
+
+
+def wal_contains(data_dir: Path, collector_id: str, text: str) -> int:
+    """How many times ``text`` occurs in the collector's write-ahead log files."""
+    directory = data_dir / "wal" / collector_id
+    needle = text.encode()
+    return sum(path.read_bytes().count(needle) for path in directory.glob("*") if path.is_file())
