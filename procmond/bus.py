@@ -1,0 +1,732 @@
+"""The message bus: Redis pub/sub for the control plane, Redis Streams for events.
+
+Theory of operation
+-------------------
+The daemon talks to a :class:`Bus`. :class:`RedisBus` is the real one; with
+``embedded.py`` it is the only module that imports redis. :class:`MemoryBus` on
+a :class:`MemoryBroker` is an in-memory fake with the same behaviour for the
+unit tests of the daemon's parts.
+
+``RedisBus`` keeps two connection pools. Commands (PUBLISH, the XADD pipeline)
+use a client with redis-py's own retry (``Redis.from_url`` gets none unless
+``retry=`` is passed), bounded by ``command_timeout``. Pub/sub is one
+connection owned by a supervisor task that does its own reconnecting: it opens
+a fresh ``PubSub``, subscribes every registered channel and pattern, waits for
+the server's confirmations and a PING round trip, and only then reports
+``Connected``. redis-py's built-in re-subscribe is deliberately not used (the
+pub/sub pool has no retry), because a retry inside redis-py hides an outage
+from us and we must report it; so "restored after every reconnect" is our own
+code and is tested. While connected, a liveness loop sends PING every
+``liveness_interval``; when nothing at all came back from the server for
+``liveness_timeout`` the connection is declared lost. redis-py's
+``health_check_interval`` does not notice a frozen (SIGSTOPped) server: it
+sends PING without waiting for the PONG.
+
+Status: ``Disconnected`` at first, ``Connected`` on the first success; on loss
+``Connected -> Disconnected``, then ``Reconnecting`` from the next attempt on
+until one succeeds (failed attempts do not flicker the status), then
+``Connected``. ``close()`` ends in ``Disconnected``. Listeners hear every change.
+
+Invariant: whenever the status is ``Connected``, every subscription registered
+before that moment has been confirmed by the server. ``subscribe()`` while
+connected returns after the confirmation; while not connected it only
+registers, and the subscription is confirmed before the next ``Connected``.
+
+Exception hierarchy::
+
+    BusError            base of everything the bus raises
+    +-- BusUnavailable  not connected, or the server is down or silent: the
+    |                   world's fault; retry later (the bus reconnects itself)
+    +-- BusRefused      the server answered with an error (ACL NOPERM,
+    |                   WRONGTYPE, OOM): retrying unchanged may fail again
+    +-- BusClosed       the bus was used after close(): the caller's bug
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+__all__ = [
+    "Bus",
+    "BusClosed",
+    "BusError",
+    "BusRefused",
+    "BusUnavailable",
+    "ConnectionStatus",
+    "MemoryBroker",
+    "MemoryBus",
+    "MessageHandler",
+    "PatternHandler",
+    "RedisBus",
+    "StatusListener",
+]
+
+logger = logging.getLogger("procmond.bus")
+
+# Command retries inside redis-py: a few quick ones ride out a restart of the
+# server without surfacing an error; the outer deadline bounds the total.
+COMMAND_RETRIES: Final = 3
+COMMAND_BACKOFF: Final = ExponentialBackoff(cap=0.5, base=0.05)
+# Reconnect backoff of the pub/sub supervisor: first retry after ~0.1 s, then
+# doubling with full jitter up to reconnect_max_delay.
+RECONNECT_BASE: Final = 0.05
+# The same warning at most once per this many seconds (a dead server would
+# otherwise log on every reconnect attempt).
+LOG_INTERVAL_SECS: Final = 10.0
+
+
+class ConnectionStatus(StrEnum):
+    """Connection status as reported in HealthCheck (`connection_status`)."""
+
+    CONNECTED = "Connected"
+    DISCONNECTED = "Disconnected"
+    RECONNECTING = "Reconnecting"
+
+
+class BusError(Exception):
+    """Base of the errors the bus raises."""
+
+
+# The names without an Error suffix were fixed by the daemon's interface.
+class BusUnavailable(BusError):  # noqa: N818
+    """Not connected, or the command failed because the server is down or silent."""
+
+
+class BusRefused(BusError):  # noqa: N818
+    """The server refused the command with an error reply."""
+
+
+class BusClosed(BusError):  # noqa: N818
+    """The bus was used after close()."""
+
+
+MessageHandler = Callable[[str, bytes], None]
+"""(channel, data); called on the event loop; must not block."""
+PatternHandler = Callable[[str, str, bytes], None]
+"""(pattern, channel, data); called on the event loop; must not block."""
+StatusListener = Callable[[ConnectionStatus], None]
+
+
+class Bus(Protocol):
+    """What the daemon uses; RedisBus and MemoryBus satisfy it."""
+
+    @property
+    def status(self) -> ConnectionStatus: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def subscribe(self, channel: str, handler: MessageHandler) -> None: ...
+    async def psubscribe(self, pattern: str, handler: PatternHandler) -> None: ...
+    async def unsubscribe(self, channel: str) -> None: ...
+    async def publish(self, channel: str, data: bytes) -> int: ...
+    async def xadd_many(
+        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
+    ) -> list[str]: ...
+    async def wait_connected(self, timeout: float) -> bool: ...
+    def add_status_listener(self, listener: StatusListener) -> None: ...
+
+
+class _RateLimitedLog:
+    """Log each kind of message at most once per interval, counting the rest."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_SECS) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(
+        self, level: int, key: str, msg: str, *args: object, exc: BaseException | None = None
+    ) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        logger.log(level, msg, *args, exc_info=exc)
+
+
+class _StatusMixin:
+    """Status, listeners and the Connected event, shared by both buses."""
+
+    def _init_status(self) -> None:
+        self._status = ConnectionStatus.DISCONNECTED
+        self._listeners: list[StatusListener] = []
+        self._connected = asyncio.Event()
+        self._log = _RateLimitedLog()
+
+    @property
+    def status(self) -> ConnectionStatus:
+        return self._status
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        self._listeners.append(listener)
+
+    def _set_status(self, status: ConnectionStatus) -> None:
+        if status is self._status:
+            return
+        self._status = status
+        if status is ConnectionStatus.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        for listener in list(self._listeners):
+            try:
+                listener(status)
+            except Exception as exc:
+                self._log(logging.ERROR, "listener", "status listener %r failed", listener, exc=exc)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for Connected; True if it is."""
+        if self._status is ConnectionStatus.CONNECTED:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _call_handler(self, handler: Callable[..., None], *args: object) -> None:
+        try:
+            handler(*args)
+        except Exception as exc:
+            self._log(logging.ERROR, "handler", "message handler %r failed", handler, exc=exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class _ConnectionLostError(Exception):
+    """Internal: the pub/sub session ended."""
+
+
+async def _first_of(
+    aw: asyncio.Future[Any], lost: asyncio.Future[BaseException], stop: asyncio.Future[None]
+) -> None:
+    """Wait for ``aw`` unless the connection is lost or the bus is stopping first."""
+    futures: set[asyncio.Future[Any]] = {aw, lost, stop}
+    await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    if not aw.done():
+        aw.cancel()
+        if lost.done():
+            raise _ConnectionLostError("connection lost") from lost.result()
+        raise _ConnectionLostError("bus closing")
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any], attempts: int = 50) -> None:
+    """Cancel ``task`` and wait for it to end.
+
+    Python 3.11's ``asyncio.wait_for`` (which redis-py uses for socket writes)
+    swallows a cancellation that arrives as the inner write completes; measured
+    here as a supervisor that kept running after ``cancel()``. So cancel again
+    until the task is really gone, a bounded number of times.
+    """
+    for _ in range(attempts):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+class RedisBus(_StatusMixin):
+    """The bus over a real Redis: pub/sub with liveness checks, streams by pipeline."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        liveness_interval: float = 1.0,
+        liveness_timeout: float = 3.0,
+        name: str = "procmond",
+        command_timeout: float | None = None,
+        reconnect_max_delay: float = 2.0,
+    ) -> None:
+        if not 0 < liveness_interval < liveness_timeout:
+            raise ValueError("need 0 < liveness_interval < liveness_timeout")
+        self._url = url
+        self._interval = liveness_interval
+        self._timeout = liveness_timeout
+        self._name = name
+        self._command_timeout = liveness_timeout if command_timeout is None else command_timeout
+        self._reconnect_max_delay = reconnect_max_delay
+        self._init_status()
+        self._channels: dict[str, MessageHandler] = {}
+        self._patterns: dict[str, PatternHandler] = {}
+        self._client: Redis | None = None
+        self._sub_client: Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._lost: asyncio.Future[BaseException] | None = None
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        self._last_rx = 0.0
+        self._had_session = False
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def _make_client(self, suffix: str, retry: Retry) -> Redis:
+        return Redis.from_url(
+            self._url,
+            retry=retry,
+            socket_timeout=self._command_timeout,
+            socket_connect_timeout=self._command_timeout,
+            client_name=f"{self._name}{suffix}",
+            decode_responses=False,
+        )
+
+    async def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        self._check_open()
+        if self._task is not None:
+            return
+        self._client = self._make_client("", Retry(COMMAND_BACKOFF, COMMAND_RETRIES))
+        # No retry at all (not even the one reconnect redis-py makes before
+        # giving up): the supervisor below must see every failure.
+        self._sub_client = self._make_client("-sub", Retry(NoBackoff(), 0, supported_errors=()))
+        self._stop = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(self._stop), name=f"{self._name}-bus")
+
+    async def close(self) -> None:
+        """Stop reconnecting, close the connections; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=self._timeout)
+            await _cancel_and_wait(self._task)
+        self._set_status(ConnectionStatus.DISCONNECTED)
+        self._release_waiters()
+        for client in (self._client, self._sub_client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+
+    # -- pub/sub session --------------------------------------------------
+
+    async def _supervise(self, stop: asyncio.Future[None]) -> None:
+        backoff = ExponentialWithJitterBackoff(cap=self._reconnect_max_delay, base=RECONNECT_BASE)
+        failures = 0
+        while not stop.done():
+            if failures:
+                self._set_status(ConnectionStatus.RECONNECTING)
+            try:
+                await self._session(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not stop.done():
+                    self._log(
+                        logging.WARNING, "lost", "redis pub/sub connection: %s", exc or repr(exc)
+                    )
+            failures = 1 if self._had_session else failures + 1
+            await asyncio.wait({stop}, timeout=backoff.compute(failures))
+
+    async def _session(self, stop: asyncio.Future[None]) -> None:
+        assert self._sub_client is not None
+        self._had_session = False
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[BaseException] = loop.create_future()
+        self._lost = lost
+        pubsub = self._sub_client.pubsub()
+        reader: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                # redis-py leaves PubSub.connect/aclose unannotated.
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+            self._pubsub = pubsub
+            self._last_rx = loop.time()
+            reader = asyncio.create_task(self._read(pubsub, lost), name=f"{self._name}-bus-reader")
+            async with asyncio.timeout(self._timeout):
+                await self._handshake(pubsub, lost, stop)
+            self._had_session = True
+            self._set_status(ConnectionStatus.CONNECTED)
+            await self._watch(pubsub, lost, stop)
+        finally:
+            self._pubsub = None
+            self._lost = None
+            if self._status is ConnectionStatus.CONNECTED:
+                self._set_status(ConnectionStatus.DISCONNECTED)
+            self._release_waiters()
+            if reader is not None:
+                await _cancel_and_wait(reader)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _handshake(
+        self, pubsub: PubSub, lost: asyncio.Future[BaseException], stop: asyncio.Future[None]
+    ) -> None:
+        """Subscribe everything registered (also what is added meanwhile), then one PING."""
+        done_c: set[str] = set()
+        done_p: set[str] = set()
+        while True:
+            todo_c = [c for c in self._channels if c not in done_c]
+            todo_p = [p for p in self._patterns if p not in done_p]
+            waits = [self._waiter("subscribe", c) for c in todo_c]
+            waits += [self._waiter("psubscribe", p) for p in todo_p]
+            waits.append(self._waiter("pong", ""))
+            if todo_c:
+                await pubsub.subscribe(*todo_c)
+            if todo_p:
+                await pubsub.psubscribe(*todo_p)
+            await pubsub.ping()
+            await _first_of(asyncio.gather(*waits), lost, stop)
+            done_c.update(todo_c)
+            done_p.update(todo_p)
+            if set(self._channels) <= done_c and set(self._patterns) <= done_p:
+                return
+
+    async def _read(self, pubsub: PubSub, lost: asyncio.Future[BaseException]) -> None:
+        """Read and dispatch until the connection fails; the error ends the session."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                self._last_rx = loop.time()
+                if message is not None:
+                    self._dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not lost.done():
+                lost.set_result(exc)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = _text(message["type"])
+        if kind == "message":
+            channel = _text(message["channel"])
+            handler = self._channels.get(channel)
+            if handler is not None:
+                self._call_handler(handler, channel, message["data"])
+        elif kind == "pmessage":
+            pattern = _text(message["pattern"])
+            pattern_handler = self._patterns.get(pattern)
+            if pattern_handler is not None:
+                channel = _text(message["channel"])
+                self._call_handler(pattern_handler, pattern, channel, message["data"])
+        elif kind in ("subscribe", "psubscribe"):
+            self._resolve((kind, _text(message["channel"])))
+        elif kind == "pong":
+            self._resolve(("pong", ""))
+
+    async def _watch(
+        self, pubsub: PubSub, lost: asyncio.Future[BaseException], stop: asyncio.Future[None]
+    ) -> None:
+        """PING every interval; silence for liveness_timeout means the server is gone."""
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time()
+        while not stop.done():
+            now = loop.time()
+            silent = now - self._last_rx
+            if silent > self._timeout:
+                raise _ConnectionLostError(f"no reply from redis for {silent:.1f} s")
+            if now >= next_ping:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.ping()
+                next_ping = now + self._interval
+            wake = min(next_ping, self._last_rx + self._timeout + 0.001) - loop.time()
+            either: set[asyncio.Future[Any]] = {lost, stop}
+            await asyncio.wait(either, timeout=max(wake, 0.0), return_when="FIRST_COMPLETED")
+            if lost.done():
+                raise _ConnectionLostError("connection lost") from lost.result()
+
+    def _waiter(self, kind: str, name: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault((kind, name), []).append(future)
+        return future
+
+    def _resolve(self, key: tuple[str, str]) -> None:
+        for future in self._waiters.pop(key, []):
+            if not future.done():
+                future.set_result(None)
+
+    def _release_waiters(self) -> None:
+        """On loss or close: let subscribe() return; restoring is the next session's job."""
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        """A command on the pub/sub connection failed: end the session now."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(exc)
+        if self._status is ConnectionStatus.CONNECTED:
+            self._set_status(ConnectionStatus.DISCONNECTED)
+
+    async def _confirmed(self, kind: str, name: str, send: Callable[[PubSub], Any]) -> None:
+        pubsub = self._pubsub
+        if pubsub is None or self._status is not ConnectionStatus.CONNECTED:
+            return  # registered; the next handshake confirms it before Connected
+        waiter = self._waiter(kind, name)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await send(pubsub)
+                await waiter
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._connection_failed(exc)
+
+    # -- public operations ------------------------------------------------
+
+    async def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Register ``handler``; when connected, return after the server confirmed."""
+        self._check_open()
+        self._channels[channel] = handler
+        await self._confirmed("subscribe", channel, lambda p: p.subscribe(channel))
+
+    async def psubscribe(self, pattern: str, handler: PatternHandler) -> None:
+        """Register a glob pattern handler (pattern, channel, data)."""
+        self._check_open()
+        self._patterns[pattern] = handler
+        await self._confirmed("psubscribe", pattern, lambda p: p.psubscribe(pattern))
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Forget the channel; its handler is not called after this returns."""
+        self._check_open()
+        if self._channels.pop(channel, None) is None:
+            return
+        pubsub = self._pubsub
+        if pubsub is not None and self._status is ConnectionStatus.CONNECTED:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.unsubscribe(channel)
+            except (TimeoutError, RedisError, OSError) as exc:
+                self._connection_failed(exc)
+
+    def _command_client(self) -> Redis:
+        self._check_open()
+        if self._client is None or self._status is not ConnectionStatus.CONNECTED:
+            raise BusUnavailable(f"redis is not connected (status {self._status.value})")
+        return self._client
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """PUBLISH; returns the number of receivers (0 = nobody listening)."""
+        client = self._command_client()
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                return int(await client.publish(channel, data))
+        except TimeoutError as exc:
+            raise BusUnavailable(f"PUBLISH {channel}: no answer in time") from exc
+        except ResponseError as exc:
+            raise BusRefused(f"PUBLISH {channel}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"PUBLISH {channel}: {exc}") from exc
+
+    async def xadd_many(
+        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
+    ) -> list[str]:
+        """XADD every entry in one pipeline (MAXLEN ~); ids in order; any failure raises."""
+        client = self._command_client()
+        if not entries:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for key, fields in entries:
+            encoded: dict[Any, Any] = dict(fields)  # redis-py's field types are invariant
+            pipe.xadd(key, encoded, maxlen=maxlen, approximate=True)
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                results = await pipe.execute(raise_on_error=False)
+        except TimeoutError as exc:
+            raise BusUnavailable("XADD pipeline: no answer in time") from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"XADD pipeline: {exc}") from exc
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            error = BusRefused if isinstance(failed[0], ResponseError) else BusUnavailable
+            raise error(f"XADD pipeline: {len(failed)} of {len(results)} failed: {failed[0]}")
+        return [_text(r) for r in results]
+
+
+# -- in-memory fake ---------------------------------------------------------
+
+
+class MemoryBroker:
+    """The shared "server" of MemoryBus instances: pub/sub fan-out and streams.
+
+    Deterministic: messages are delivered with ``loop.call_soon`` in publish
+    order, no threads, no clocks. Patterns use ``fnmatch`` globbing, close to
+    Redis's. Stream ids are ``"<n>-0"`` with n counting from 1 per stream;
+    MAXLEN trimming is exact (a valid outcome of Redis's approximate trim).
+    """
+
+    def __init__(self) -> None:
+        self.down = False
+        self.published: list[tuple[str, bytes]] = []
+        self._buses: list[MemoryBus] = []
+        self._streams: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
+        self._counters: dict[str, int] = {}
+        self._fail_xadd = 0
+
+    def set_down(self, down: bool) -> None:
+        """Take the whole "server" down (every bus Disconnected) or bring it back."""
+        self.down = down
+        for bus in list(self._buses):
+            bus._refresh()
+
+    def fail_next_xadd(self, count: int = 1) -> None:
+        """Make the next ``count`` xadd_many calls raise BusUnavailable (status unchanged)."""
+        self._fail_xadd += count
+
+    def stream(self, key: str) -> list[tuple[str, dict[str, str | bytes]]]:
+        """A copy of the stream's entries, oldest first; fields as they were passed."""
+        return [(entry_id, dict(fields)) for entry_id, fields in self._streams.get(key, [])]
+
+    def _publish(self, channel: str, data: bytes) -> int:
+        self.published.append((channel, data))
+        return sum(bus._deliver(channel, data) for bus in list(self._buses))
+
+    def _xadd_many(
+        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], maxlen: int | None
+    ) -> list[str]:
+        if self._fail_xadd:
+            self._fail_xadd -= 1
+            raise BusUnavailable("injected XADD failure")
+        ids = []
+        for key, fields in entries:
+            n = self._counters.get(key, 0) + 1
+            self._counters[key] = n
+            stream = self._streams.setdefault(key, [])
+            stream.append((f"{n}-0", dict(fields)))
+            if maxlen is not None and len(stream) > maxlen:
+                del stream[: len(stream) - maxlen]
+            ids.append(f"{n}-0")
+        return ids
+
+
+class MemoryBus(_StatusMixin):
+    """A Bus on a MemoryBroker, with per-bus fault injection (``set_down``)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self._init_status()
+        self._channels: dict[str, MessageHandler] = {}
+        self._patterns: dict[str, PatternHandler] = {}
+        self._down = False
+        self._started = False
+        self._closed = False
+        self._epoch = 0  # bumped on every loss: messages in flight are dropped
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _up(self) -> bool:
+        return self._started and not self._closed and not self._down and not self._broker.down
+
+    def set_down(self, down: bool) -> None:
+        """Cut this bus alone off the broker (True) or reconnect it (False)."""
+        self._down = down
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._closed or not self._started:
+            return
+        if self._up:
+            self._set_status(ConnectionStatus.CONNECTED)
+        elif self._status is not ConnectionStatus.RECONNECTING:
+            self._epoch += 1
+            self._set_status(ConnectionStatus.DISCONNECTED)
+            assert self._loop is not None
+            self._loop.call_soon(self._begin_reconnecting)
+
+    def _begin_reconnecting(self) -> None:
+        if self._started and not self._closed and not self._up:
+            self._set_status(ConnectionStatus.RECONNECTING)
+
+    async def start(self) -> None:
+        self._check_open()
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        self._broker._buses.append(self)
+        self._refresh()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._epoch += 1
+        if self in self._broker._buses:
+            self._broker._buses.remove(self)
+        self._set_status(ConnectionStatus.DISCONNECTED)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+
+    def _check_up(self) -> None:
+        self._check_open()
+        if not self._up:
+            raise BusUnavailable(f"memory bus is not connected (status {self._status.value})")
+
+    async def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        self._check_open()
+        self._channels[channel] = handler
+
+    async def psubscribe(self, pattern: str, handler: PatternHandler) -> None:
+        self._check_open()
+        self._patterns[pattern] = handler
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._check_open()
+        self._channels.pop(channel, None)
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        self._check_up()
+        return self._broker._publish(channel, bytes(data))
+
+    async def xadd_many(
+        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
+    ) -> list[str]:
+        self._check_up()
+        return self._broker._xadd_many(entries, maxlen)
+
+    def _deliver(self, channel: str, data: bytes) -> int:
+        """Schedule delivery to this bus; return how many subscriptions matched."""
+        if not self._up:
+            return 0
+        assert self._loop is not None
+        count = 0
+        if channel in self._channels:
+            count += 1
+            self._loop.call_soon(self._on_message, self._epoch, channel, data)
+        for pattern in self._patterns:
+            if fnmatch.fnmatchcase(channel, pattern):
+                count += 1
+                self._loop.call_soon(self._on_pmessage, self._epoch, pattern, channel, data)
+        return count
+
+    def _on_message(self, epoch: int, channel: str, data: bytes) -> None:
+        handler = self._channels.get(channel)
+        if epoch == self._epoch and handler is not None:
+            self._call_handler(handler, channel, data)
+
+    def _on_pmessage(self, epoch: int, pattern: str, channel: str, data: bytes) -> None:
+        handler = self._patterns.get(pattern)
+        if epoch == self._epoch and handler is not None:
+            self._call_handler(handler, pattern, channel, data)
