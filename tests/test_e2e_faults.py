@@ -5,7 +5,10 @@ and the embedded default Redis. Each counts the events lost (a gap in ``seq``): 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,19 @@ from e2e_support import (
 from procmond.embedded import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A private server with AOF on, so ``stop()`` then ``start()`` keeps the streams."""
+    base = Path(tempfile.mkdtemp(prefix="pmp-"))  # short: the socket path limit is 107 bytes
+    server = RedisServer(base / "r", persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def caught_up(agent: ContractAgent, cid: str, timeout: float = 20) -> None:
