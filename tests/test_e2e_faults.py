@@ -48,6 +48,7 @@ async def caught_up(agent: ContractAgent, cid: str, timeout: float = 20) -> None
         lambda h: (
             h["status"] == "Success"
             and h["payload"]["connection_status"] == "Connected"
+            and h["payload"]["metrics"]["collection_cycles"] >= 1  # this boot's baseline is in
             and h["payload"]["metrics"]["wal_pending"] == 0
             and h["payload"]["metrics"]["events_published"] > 0
         ),
