@@ -38,6 +38,7 @@ from bench.common import (
     procmond_command,
     result,
     say,
+    sleeping_children,
     spawn,
     temp_dir,
     wait_until,
@@ -179,6 +180,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
                 )
                 after = health(caller)
                 children = psutil.Process(daemon.pid).children(recursive=True)
+            say(f"RSS with {args.extra_processes} extra processes")
+            details["bigger_table"] = bigger_table(args, tmp, server.url, agent, caller)
         finally:
             caller.close()
     details["startup_to_ready_s"] = [round(s, 3) for s in ready_s]
@@ -189,10 +192,48 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], 
     return _metrics(details), details
 
 
+def bigger_table(
+    args: argparse.Namespace, tmp: Path, url: str, agent: MinimalAgent, caller: Caller
+) -> dict[str, Any]:
+    """RSS once procmond tracks ``--extra-processes`` more processes (memory grows with them).
+
+    ``--interval 1`` so that steady cycles follow the baseline one quickly;
+    RSS is sampled for a few seconds after three cycles.
+    """
+    collector = f"{COLLECTOR_ID}-big"
+    command = procmond_command(tmp / "big", url, collector_id=collector, interval=1)
+    with sleeping_children(args.extra_processes), spawn(command, tmp / "big.log") as daemon:
+        agent.wait_for(collector, "ready", 60)
+        topic = collector_topic(collector)
+
+        def cycles() -> int:
+            request_id, data = request("HealthCheck", None, client_id=CLIENT_ID, target=topic)
+            reply = json.loads(caller.call(topic, data, request_id.encode()))
+            metrics = reply["payload"]["metrics"]
+            return 0 if metrics["wal_pending"] else int(metrics["collection_cycles"])
+
+        wait_until(lambda: cycles() >= 3, 120, "three cycles over the bigger table", 0.3)
+        proc = psutil.Process(daemon.pid)
+        seen = observe({"procmond": proc}, 5.0)["procmond"]
+        return {
+            "extra_processes": args.extra_processes,
+            "processes_collected": _processes(caller, topic),
+            "rss_mb_peak": seen["rss_mb_peak"],
+            "uss_mb": seen["uss_mb"],
+        }
+
+
+def _processes(caller: Caller, topic: str) -> int:
+    request_id, data = request("HealthCheck", None, client_id=CLIENT_ID, target=topic)
+    reply = json.loads(caller.call(topic, data, request_id.encode()))
+    return int(reply["payload"]["metrics"]["processes_collected"])
+
+
 def _metrics(d: dict[str, Any]) -> list[dict[str, Any]]:
     me, base, red = d["idle"]["procmond"], d["idle"]["baseline_sleep"], d["idle"]["redis_server"]
     imports = d["imports"]
     ready_ms = round(statistics.median(d["startup_to_ready_s"]) * 1000, 1)
+    big = d["bigger_table"]
     return [
         metric(
             "idle_rss_peak",
@@ -212,6 +253,17 @@ def _metrics(d: dict[str, Any]) -> list[dict[str, Any]]:
             met=me["cpu_percent_of_one_core"] < CPU_LIMIT_PERCENT,
             note=f"window {d['window_s']:g} s at the default interval; "
             f"redis-server {red['cpu_percent_of_one_core']} % (separate)",
+        ),
+        metric(
+            "rss_peak_bigger_process_table",
+            "MB",
+            big["rss_mb_peak"],
+            baseline=me["rss_mb_peak"],
+            target=f"< {RSS_LIMIT_MB:g} MB",
+            met=big["rss_mb_peak"] < RSS_LIMIT_MB,
+            note=f"{big['processes_collected']} processes tracked "
+            f"({big['extra_processes']} sleeping ones added), --interval 1; "
+            f"baseline: the idle run above ({d['processes_collected']} processes)",
         ),
         metric(
             "import_procmond_daemon",
@@ -241,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, help="idle observation window in seconds")
     parser.add_argument("--starts", type=int, help="start-up-to-ready runs")
     parser.add_argument("--import-runs", type=int, help="import time runs")
+    parser.add_argument("--extra-processes", type=int, help="processes added for the RSS check")
     args = parser.parse_args(argv)
     args.window = args.window or (15.0 if args.quick else 60.0)
     args.starts = args.starts or (2 if args.quick else 5)
     args.import_runs = args.import_runs or (3 if args.quick else 7)
+    args.extra_processes = args.extra_processes or (500 if args.quick else 1500)
     started = time.monotonic()
     machine = machine_info()
     try:
