@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
@@ -80,6 +80,10 @@ logger = logging.getLogger("procmond.bus")
 # server without surfacing an error; the outer deadline bounds the total.
 COMMAND_RETRIES: Final = 3
 COMMAND_BACKOFF: Final = ExponentialBackoff(cap=0.5, base=0.05)
+# Connections the command pool opens at most; more concurrent commands wait
+# (bounded by command_timeout). Enough to keep a pipeline, heartbeats and a
+# burst of answers moving without flooding the server with connections.
+COMMAND_CONNECTIONS: Final = 16
 # Reconnect backoff of the pub/sub supervisor: first retry after ~0.1 s, then
 # doubling with full jitter up to reconnect_max_delay.
 RECONNECT_BASE: Final = 0.05
@@ -134,6 +138,11 @@ class Bus(Protocol):
     async def xadd_many(
         self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
     ) -> list[str]: ...
+    async def xread(
+        self, streams: Mapping[str, str], *, block_ms: int, count: int
+    ) -> list[tuple[str, str, dict[str, str]]]: ...
+    async def stream_tail_id(self, key: str) -> str: ...
+    async def channel_subscribers(self, channel: str) -> int: ...
     async def wait_connected(self, timeout: float) -> bool: ...
     def add_status_listener(self, listener: StatusListener) -> None: ...
 
@@ -214,6 +223,11 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
 class _ConnectionLostError(Exception):
     """Internal: the pub/sub session ended."""
 
@@ -284,14 +298,20 @@ class RedisBus(_StatusMixin):
         self._closed = False
 
     def _make_client(self, suffix: str, retry: Retry) -> Redis:
-        return Redis.from_url(
+        # A blocking pool: under a burst (hundreds of RPC answers at once) a
+        # command waits for a free connection instead of redis-py refusing it
+        # with "Too many connections", which would lose the answer.
+        pool = BlockingConnectionPool.from_url(
             self._url,
+            max_connections=COMMAND_CONNECTIONS,
+            timeout=self._command_timeout,
             retry=retry,
             socket_timeout=self._command_timeout,
             socket_connect_timeout=self._command_timeout,
             client_name=f"{self._name}{suffix}",
             decode_responses=False,
         )
+        return Redis(connection_pool=pool)
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once."""
@@ -562,8 +582,59 @@ class RedisBus(_StatusMixin):
             raise error(f"XADD pipeline: {len(failed)} of {len(results)} failed: {failed[0]}")
         return [_text(r) for r in results]
 
+    # -- in-memory fake ---------------------------------------------------------
 
-# -- in-memory fake ---------------------------------------------------------
+    async def xread(
+        self, streams: Mapping[str, str], *, block_ms: int, count: int
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """XREAD BLOCK: entries after the given ids, oldest first, as (stream, id, fields)."""
+        client = self._command_client()
+        try:
+            async with asyncio.timeout(block_ms / 1000 + self._command_timeout):
+                # redis-py's stream types are looser than its hints.
+                wanted: dict[Any, Any] = dict(streams)
+                reply: Any = await client.xread(wanted, count=count, block=block_ms)
+        except TimeoutError as exc:
+            raise BusUnavailable("XREAD: no answer in time") from exc
+        except ResponseError as exc:
+            raise BusRefused(f"XREAD: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"XREAD: {exc}") from exc
+        entries = []
+        for key, items in reply or []:
+            for entry_id, fields in items:
+                entries.append(
+                    (_text(key), _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                )
+        return entries
+
+    async def channel_subscribers(self, channel: str) -> int:
+        """PUBSUB NUMSUB: subscribers of exactly ``channel`` (pattern subscribers excluded)."""
+        client = self._command_client()
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                counts: Any = await client.pubsub_numsub(channel)
+        except TimeoutError as exc:
+            raise BusUnavailable("PUBSUB NUMSUB: no answer in time") from exc
+        except ResponseError as exc:
+            raise BusRefused(f"PUBSUB NUMSUB: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"PUBSUB NUMSUB: {exc}") from exc
+        return int(counts[0][1]) if counts else 0
+
+    async def stream_tail_id(self, key: str) -> str:
+        """The id of the stream's newest entry, or ``0-0`` when it is empty or missing."""
+        client = self._command_client()
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                newest: Any = await client.xrevrange(key, count=1)
+        except TimeoutError as exc:
+            raise BusUnavailable(f"XREVRANGE {key}: no answer in time") from exc
+        except ResponseError as exc:
+            raise BusRefused(f"XREVRANGE {key}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"XREVRANGE {key}: {exc}") from exc
+        return _text(newest[0][0]) if newest else "0-0"
 
 
 class MemoryBroker:
@@ -580,6 +651,7 @@ class MemoryBroker:
         self.published: list[tuple[str, bytes]] = []
         self._buses: list[MemoryBus] = []
         self._streams: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
+        self._appended = asyncio.Event()  # replaced after each XADD; wakes XREAD
         self._counters: dict[str, int] = {}
         self._fail_xadd = 0
 
@@ -596,6 +668,23 @@ class MemoryBroker:
     def stream(self, key: str) -> list[tuple[str, dict[str, str | bytes]]]:
         """A copy of the stream's entries, oldest first; fields as they were passed."""
         return [(entry_id, dict(fields)) for entry_id, fields in self._streams.get(key, [])]
+
+    def _entries_after(
+        self, streams: Mapping[str, str], count: int
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        found = []
+        for key, after in streams.items():
+            floor = _id_tuple(after)
+            taken = 0
+            for entry_id, fields in self._streams.get(key, []):
+                if _id_tuple(entry_id) > floor and taken < count:
+                    found.append((key, entry_id, {k: _text(v) for k, v in fields.items()}))
+                    taken += 1
+        return found
+
+    def _tail_id(self, key: str) -> str:
+        stream = self._streams.get(key)
+        return stream[-1][0] if stream else "0-0"
 
     def _publish(self, channel: str, data: bytes) -> int:
         self.published.append((channel, data))
@@ -616,6 +705,8 @@ class MemoryBroker:
             if maxlen is not None and len(stream) > maxlen:
                 del stream[: len(stream) - maxlen]
             ids.append(f"{n}-0")
+        self._appended.set()
+        self._appended = asyncio.Event()
         return ids
 
 
@@ -705,6 +796,27 @@ class MemoryBus(_StatusMixin):
     ) -> list[str]:
         self._check_up()
         return self._broker._xadd_many(entries, maxlen)
+
+    async def xread(
+        self, streams: Mapping[str, str], *, block_ms: int, count: int
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        self._check_up()
+        found = self._broker._entries_after(streams, count)
+        if found or block_ms <= 0:
+            return found
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(block_ms / 1000):
+                await self._broker._appended.wait()
+        self._check_up()
+        return self._broker._entries_after(streams, count)
+
+    async def stream_tail_id(self, key: str) -> str:
+        self._check_up()
+        return self._broker._tail_id(key)
+
+    async def channel_subscribers(self, channel: str) -> int:
+        self._check_up()
+        return sum(channel in bus._channels for bus in self._broker._buses if bus._up)
 
     def _deliver(self, channel: str, data: bytes) -> int:
         """Schedule delivery to this bus; return how many subscriptions matched."""

@@ -330,6 +330,52 @@ def ctl_shutdown(
     _ctl_run(redis_url, data_dir, collector_id, "GracefulShutdown", payload, wait, json_output)
 
 
+@main.command("watch")
+@click.argument("pattern", default="control.*")
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per line.")
+@click.option("--no-events", is_flag=True, help="Control topics only; do not tail the streams.")
+@_with_redis_options
+def watch_command(
+    pattern: str, json_output: bool, no_events: bool, redis_url: str | None, data_dir: str | None
+) -> None:
+    """Tail control topics matching PATTERN (Redis glob) and the event streams.
+
+    PATTERN defaults to control.* (every control topic); for example
+    'control.health.*' or 'control.*.web-01'. Ctrl-C stops.
+    """
+    import asyncio
+    import signal
+
+    from procmond.bus import RedisBus
+    from procmond.watch import watch
+
+    url = _redis_url(redis_url, data_dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        bus = RedisBus(url, name="procmond-watch")
+        await bus.start()
+        if not await bus.wait_connected(timeout=5.0):
+            click.echo(f"procmond: cannot reach Redis at {url}", err=True)
+            sys.exit(6)
+        try:
+            await watch(
+                bus,
+                pattern,
+                events=not no_events,
+                json_output=json_output,
+                emit=lambda line: click.echo(line),
+                stop=stop,
+            )
+        finally:
+            await bus.close()
+
+    asyncio.run(main())
+
+
 @main.command("agent")
 @click.option(
     "--redis-url",

@@ -104,7 +104,12 @@ class RpcClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            if await self._bus.publish(topic, request.to_bytes()) == 0:
+            # PUBLISH also counts pattern subscribers (a `procmond watch`), so
+            # zero exact subscribers means no collector, whatever it returned.
+            if (
+                await self._bus.publish(topic, request.to_bytes()) == 0
+                or await self._bus.channel_subscribers(topic) == 0
+            ):
                 raise NoResponder(f"no collector listening on {topic}")
             try:
                 async with asyncio.timeout(timeout):
