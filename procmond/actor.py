@@ -263,6 +263,15 @@ class ProcmondMonitorCollector:
         self._mail.set()
         return future
 
+    def withdraw(self, future: asyncio.Future[Outcome]) -> bool:
+        """Take a still-queued message back (its caller gave up); False once it started."""
+        for envelope in self._mailbox:
+            if envelope.future is future:
+                self._mailbox.remove(envelope)
+                future.cancel()
+                return True
+        return False
+
     def tell(self, message: Message, *, priority: bool = False) -> bool:
         """Fire and forget; False when refused or full."""
         try:

@@ -30,6 +30,7 @@ import sys
 import uuid
 from contextlib import AsyncExitStack
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from fsm import Facts, Trigger
 from procmond.actor import GracefulShutdown, Identity, ProcmondMonitorCollector, collector_settings
@@ -39,7 +40,7 @@ from procmond.config import EXIT_BAD_CONFIG, Settings
 from procmond.embedded import EmbeddedRedisError, RedisServer
 from procmond.errors import StartupError
 from procmond.pipeline import EventPipeline
-from procmond.registration import RegistrationFailed, RegistrationManager, RegistrationSettings
+from procmond.registration import RegistrationManager, RegistrationSettings
 from procmond.rpc import RpcService
 from procmond.sdnotify import SystemdNotifier
 from procmond.wal import WalError, WalRecord, WriteAheadLog
@@ -62,6 +63,17 @@ EXIT_CODES: Final = {
 }
 #: How long shutdown waits for the last announcements and answers to go out.
 _FINAL_PUBLISH_S: Final = 3.0
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password masked, for logs and the start-up line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _say(message: str) -> None:
@@ -127,10 +139,11 @@ class Daemon:
                     heartbeat_interval_ms=settings.heartbeat_interval_ms,
                     max_attempts=settings.registration_attempts or None,
                 ),
+                on_give_up=self._give_up,
             )
             _say(
                 f"collector {settings.collector_id!r} (boot {self.boot_id}, pid {os.getpid()}) "
-                f"using Redis at {url}; data in {settings.data_dir}"
+                f"using Redis at {display_url(url)}; data in {settings.data_dir}"
             )
             await bus.start()
             stack.push_async_callback(bus.close)
@@ -176,9 +189,7 @@ class Daemon:
             watchdog = tasks.create_task(notifier.watchdog()) if notifier else None
             actor_task = tasks.create_task(actor.run(), name="procmond-actor")
             flusher = tasks.create_task(pipeline.run(), name="procmond-flusher")
-            registrar = tasks.create_task(
-                self._register(registration), name="procmond-registration"
-            )
+            registrar = tasks.create_task(registration.run(), name="procmond-registration")
             report = await actor.drained
             # Protocol section 6: answer GracefulShutdown first, then deregister.
             await rpc.settle(timeout=1.0)
@@ -200,14 +211,11 @@ class Daemon:
             f"{report.result.wal_pending} left in the log"
         )
 
-    async def _register(self, registration: RegistrationManager) -> None:
-        try:
-            await registration.run()
-        except* RegistrationFailed as group:
-            _say(f"{group.exceptions[0]}: shutting down")
-            self.exit_code = EXIT_REGISTRATION_FAILED
-            assert self._actor is not None
-            self._actor.tell(GracefulShutdown(reason="registration failed"), priority=True)
+    def _give_up(self, why: str) -> None:
+        _say(f"{why}: shutting down")
+        self.exit_code = EXIT_REGISTRATION_FAILED
+        assert self._actor is not None
+        self._actor.tell(GracefulShutdown(reason="registration failed"), priority=True)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,14 +25,14 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from fsm import Facts, Operation, State, Trigger
 from procmond.actor import ProcmondMonitorCollector
-from procmond.bus import Bus, BusUnavailable, ConnectionStatus
+from procmond.bus import Bus, BusError, ConnectionStatus
 from procmond.rpc import response_topic
 from procmond.schemas import (
     AgentResponse,
@@ -115,8 +115,11 @@ class RegistrationManager:
         settings: RegistrationSettings | None = None,
         *,
         rng: random.Random | None = None,
+        on_give_up: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_give_up`` is called when ``max_attempts`` failed (else run() raises)."""
         self._actor = actor
+        self._on_give_up = on_give_up
         self._bus = bus
         self._settings = settings or RegistrationSettings()
         self._rng = rng or random.Random()
@@ -153,7 +156,14 @@ class RegistrationManager:
         async with asyncio.TaskGroup() as tasks:
             announcer = tasks.create_task(self._announcer(), name="procmond-announcer")
             heartbeats = tasks.create_task(self._heartbeats(), name="procmond-heartbeat")
-            await self._register_loop()
+            try:
+                await self._register_loop()
+            except RegistrationFailed as exc:
+                if self._on_give_up is None:
+                    raise
+                # Leaving is the daemon's call; the announcer stays to tell
+                # the bus about draining and deregistered on the way out.
+                self._on_give_up(str(exc))
             await announcer
             heartbeats.cancel()
 
@@ -301,7 +311,7 @@ class RegistrationManager:
                     finally:
                         woken.cancel()
                 return future.result()
-        except BusUnavailable as exc:
+        except BusError as exc:
             log.warning("%s request not sent: %s", operation, exc)
             return None
         except TimeoutError:
@@ -405,7 +415,7 @@ class RegistrationManager:
     async def _publish(self, topic: str, data: bytes) -> bool:
         try:
             await self._bus.publish(topic, data)
-        except BusUnavailable as exc:
+        except BusError as exc:
             log.warning("could not publish on %s: %s", topic, exc)
             return False
         return True

@@ -36,7 +36,7 @@ from procmond.actor import (
     ProcmondMonitorCollector,
     UpdateConfig,
 )
-from procmond.bus import Bus, BusUnavailable
+from procmond.bus import Bus, BusError
 from procmond.errors import Refused
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
@@ -129,7 +129,7 @@ class RpcService:
             await asyncio.wait(set(self._inflight), timeout=timeout)
         for task in list(self._inflight):
             task.cancel()
-        with contextlib.suppress(BusUnavailable):
+        with contextlib.suppress(BusError):
             await self._bus.unsubscribe(collector_topic(self._collector_id))
 
     # -- intake -------------------------------------------------------------
@@ -249,9 +249,16 @@ class RpcService:
             async with asyncio.timeout(wait):
                 return await asyncio.shield(future)
         except TimeoutError:
+            queue_ms = (time.monotonic() - received) * 1000
+            if self._actor.withdraw(future):
+                # Still queued: nothing ran, so this is DEADLINE_EXCEEDED (protocol
+                # section 4), not TIMEOUT, whichever timer noticed first.
+                error = Refused.deadline_exceeded("the deadline passed while queued")
+                return Outcome(error=error, queue_ms=queue_ms)
             future.cancel()
             reason = "the deadline" if remaining <= limit else f"{limit:.0f} s"
-            return Outcome(error=Refused.timeout(f"execution did not finish within {reason}"))
+            error = Refused.timeout(f"execution did not finish within {reason}")
+            return Outcome(error=error, execution_ms=queue_ms)
 
     async def _repeat(self, client_id: str, earlier: asyncio.Future[bytes]) -> None:
         await self._publish(client_id, await asyncio.shield(earlier))
@@ -299,7 +306,7 @@ class RpcService:
             async with self._publishing:
                 await self._bus.publish(response_topic(client_id), data)
             self.responses_total += 1
-        except BusUnavailable as exc:
+        except BusError as exc:
             log.warning("could not answer %s: %s", client_id, exc)
 
     def _spawn(self, coro: Any) -> None:
