@@ -23,7 +23,7 @@ system-deps:
 	@command -v dot >/dev/null 2>&1 || { $(APT) install -y -qq graphviz >/dev/null 2>&1 || echo "note: graphviz not installed; SVG diagrams are skipped" >&2; }
 
 run: $(STAMP) system-deps
-	$(BIN)/procmond run
+	$(BIN)/procmond demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

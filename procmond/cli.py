@@ -330,6 +330,43 @@ def ctl_shutdown(
     _ctl_run(redis_url, data_dir, collector_id, "GracefulShutdown", payload, wait, json_output)
 
 
+@main.command("demo")
+@click.option(
+    "--data-dir",
+    envvar="PROCMOND_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (default: procmond run's default, so `procmond ctl` finds it).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(1, 3600),
+    default=5.0,
+    show_default=True,
+    help="Collection interval in seconds.",
+)
+@click.option(
+    "--heartbeat-interval-ms",
+    type=click.IntRange(100, 86_400_000),
+    default=5000,
+    show_default=True,
+    help="Heartbeat interval the agent assigns.",
+)
+def demo_command(data_dir: Path | None, interval: float, heartbeat_interval_ms: int) -> None:
+    """Run procmond on an embedded Redis with the reference agent, narrated.
+
+    Shows registration, ready, heartbeats, RPCs and process events as they
+    happen. Use `procmond ctl ...` from a second terminal; Ctrl-C drains.
+    """
+    from procmond.config import default_data_dir
+    from procmond.demo import run_demo
+
+    sys.exit(
+        run_demo(
+            data_dir or default_data_dir(), interval=interval, heartbeat_ms=heartbeat_interval_ms
+        )
+    )
+
+
 @main.command("watch")
 @click.argument("pattern", default="control.*")
 @click.option("--json", "json_output", is_flag=True, help="One JSON object per line.")

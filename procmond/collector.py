@@ -403,7 +403,12 @@ class ProcessCollector:
             changed.append("status")
         if comm != known.comm:
             known.comm = comm
-            changed.extend(self._reread_after_exec(known, key, cycle))
+            if _is_kernel_thread(key[0], ppid):
+                # kworkers rename themselves after the work item they run, many
+                # times a minute; a kernel thread cannot exec, so it is not news.
+                known.name = _decode(comm)
+            else:
+                changed.extend(self._reread_after_exec(known, key, cycle))
         if changed:
             known.changed = tuple(changed)
             cycle.events.append(self._event("modify", known, cycle))
@@ -566,6 +571,14 @@ class ProcessCollector:
             self._hashes.pop(next(iter(self._hashes)))
         self._hashes[key] = result = digest.hexdigest()
         return result
+
+
+#: kthreadd: the parent of every kernel thread on Linux.
+_KTHREADD_PID: Final = 2
+
+
+def _is_kernel_thread(pid: int, ppid: int) -> bool:
+    return pid == _KTHREADD_PID or ppid == _KTHREADD_PID
 
 
 def _decode(comm: bytes) -> str:
