@@ -67,6 +67,7 @@ from types import TracebackType
 from typing import Final, Self
 
 __all__ = [
+    "DEFAULT_SEGMENT_BYTES",
     "FRAME_OVERHEAD",
     "LOCK_NAME",
     "SEGMENT_HEADER_SIZE",
@@ -77,6 +78,7 @@ __all__ = [
     "WalLockedError",
     "WalRecord",
     "WriteAheadLog",
+    "default_segment_bytes",
     "segment_name",
 ]
 
@@ -145,6 +147,22 @@ class WalRecord:
 
     seq: int
     payload: bytes
+
+
+#: Segment size when the caller names none: 8 MiB, but at most an eighth of the
+#: size cap. Only whole segments are freed, and never the one being written, so
+#: a log of one or two segments could be full of acknowledged events and still
+#: refuse every append; with eight, acknowledging frees room within a segment.
+DEFAULT_SEGMENT_BYTES: Final = 8 * 1024 * 1024
+_SEGMENTS_PER_CAP: Final = 8
+
+
+def default_segment_bytes(max_total_bytes: int) -> int:
+    """The segment size used for a log capped at ``max_total_bytes``."""
+    return max(
+        SEGMENT_HEADER_SIZE + FRAME_OVERHEAD + 1,
+        min(DEFAULT_SEGMENT_BYTES, max_total_bytes // _SEGMENTS_PER_CAP),
+    )
 
 
 def segment_name(base: int) -> str:
@@ -245,9 +263,11 @@ class WriteAheadLog:
         self,
         directory: Path,
         *,
-        segment_bytes: int = 8 * 1024 * 1024,
+        segment_bytes: int | None = None,
         max_total_bytes: int = 512 * 1024 * 1024,
     ) -> None:
+        if segment_bytes is None:
+            segment_bytes = default_segment_bytes(max_total_bytes)
         if segment_bytes <= SEGMENT_HEADER_SIZE + FRAME_OVERHEAD:
             raise ValueError(f"segment_bytes too small: {segment_bytes}")
         if max_total_bytes < segment_bytes:
