@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
 )
+from pydantic_core import PydanticSerializationError
 
 PROTOCOL_VERSION: Final = 1
 #: Protocol section 1: larger messages are refused.
@@ -62,6 +63,22 @@ def now_timestamp() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
+def _escaped_json(document: dict[str, Any]) -> bytes:
+    """ASCII JSON: any character, a lone surrogate too, as a ``\\u`` escape."""
+    return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def _utf8_text(value: object) -> str:
+    """``value`` if it is a string UTF-8 can encode (no lone surrogate), else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return ""
+    return value
+
+
 class _Wire(BaseModel):
     """Base of every outgoing message: timestamps serialize the protocol's way."""
 
@@ -74,8 +91,16 @@ class _Wire(BaseModel):
         return value
 
     def to_bytes(self) -> bytes:
-        """The message as UTF-8 JSON."""
-        return self.model_dump_json().encode()
+        """The message as UTF-8 JSON.
+
+        A string from a peer may hold a lone surrogate (JSON's ``"\\ud800"``
+        escape decodes to one), which UTF-8 cannot encode: such a message is
+        written with ``\\u`` escapes instead, so echoing a request never fails.
+        """
+        try:
+            return self.model_dump_json().encode()
+        except PydanticSerializationError:
+            return _escaped_json(self.model_dump(mode="json"))
 
 
 class _Strict(BaseModel):
@@ -311,13 +336,11 @@ def parse_request(document: Mapping[str, Any]) -> RpcRequest:
             f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         )
-        raw_id = document.get("request_id")
-        raw_op = document.get("operation")
-        raise RequestError(
-            f"invalid request envelope: {details}",
-            raw_id if isinstance(raw_id, str) else "",
-            raw_op if isinstance(raw_op, str) else "",
-        ) from exc
+        # Salvage only what the answer can carry: a string with a lone surrogate
+        # cannot be written as UTF-8 (it is echoed as "").
+        raw_id = _utf8_text(document.get("request_id"))
+        raw_op = _utf8_text(document.get("operation"))
+        raise RequestError(f"invalid request envelope: {details}", raw_id, raw_op) from exc
 
 
 def loads_object(data: bytes) -> dict[str, Any] | None:
@@ -408,7 +431,10 @@ class StatusAnnouncement(_Wire):
 
     def to_bytes(self) -> bytes:
         """JSON; ``heartbeat_interval_ms`` only on ``ready`` (protocol section 7)."""
-        return self.model_dump_json(exclude_none=True).encode()
+        try:
+            return self.model_dump_json(exclude_none=True).encode()
+        except PydanticSerializationError:
+            return _escaped_json(self.model_dump(mode="json", exclude_none=True))
 
 
 class HeartbeatMetrics(_Wire):
