@@ -1,0 +1,316 @@
+"""The operator tools against a real daemon on a real redis-server: ctl, watch, demo,
+systemd notifications, and the reference agent's accounting of a paused collector.
+
+Every wait is bounded; nothing sleeps a fixed time; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from e2e_support import daemon, new_id, running_agent
+from redis.asyncio import Redis
+
+from procmond.agent import Agent, AgentEvent, EventKind, Tracker
+from procmond.bus import RedisBus
+from procmond.ctl import (
+    EXIT_ERROR,
+    EXIT_NO_REDIS,
+    EXIT_NO_RESPONDER,
+    EXIT_SUCCESS,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+)
+from procmond.embedded import RedisServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+PROCMOND = [sys.executable, "-m", "procmond.cli"]
+
+
+async def procmond(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run a ``procmond`` command; (exit status, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCMOND_")}
+    proc = await asyncio.create_subprocess_exec(
+        *PROCMOND, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_ctl_drives_a_full_lifecycle(tmp_path: Path, redis_server: RedisServer) -> None:
+    """health, config (valid, invalid, validate-only) and shutdown through ctl alone, exit 0."""
+    cid = new_id()
+    url = redis_server.url
+    ctl = ("ctl",)
+    target = ("--redis-url", url, "--collector", cid)
+    async with running_agent(url, heartbeat_interval_ms=500) as agent:
+        with daemon(tmp_path, url, cid) as proc:
+            await agent.wait_for_state(cid, "ready", timeout=15)
+            code, out, _ = await procmond(*ctl, "health", *target)
+            assert code == EXIT_SUCCESS
+            assert f"{cid} on " in out
+            assert "state ready" in out
+            code, out, _ = await procmond(*ctl, "health", "--json", *target)
+            assert code == EXIT_SUCCESS
+            health = json.loads(out)
+            assert health["status"] == "Success"
+            assert health["payload"]["collector_id"] == cid
+            code, out, _ = await procmond(
+                *ctl, "config", "max_processes=5", "--validate-only", *target
+            )
+            assert code == EXIT_SUCCESS
+            assert "config version 1" in out
+            code, out, _ = await procmond(*ctl, "config", "collection_interval_secs=2", *target)
+            assert code == EXIT_SUCCESS
+            assert "config version 2; changed: collection_interval_secs" in out
+            code, out, _ = await procmond(*ctl, "config", "max_processes=lots", *target)
+            assert code == EXIT_ERROR
+            assert "VALIDATION_FAILED" in out
+            assert "max_processes" in out
+            code, out, _ = await procmond(*ctl, "shutdown", "--reason", "ctl test", *target)
+            assert code == EXIT_SUCCESS
+            assert "drained in" in out
+            assert await proc.wait_async(15) == 0
+            deregister = await agent.wait_for_deregister(timeout=5)
+            assert deregister["payload"]["reason"] == "ctl test"
+
+
+async def test_ctl_reports_no_responder_without_waiting(redis_server: RedisServer) -> None:
+    """A collector nobody serves fails at once (exit 5), not after --timeout."""
+    code, _, err = await procmond(
+        "ctl", "health", "--redis-url", redis_server.url, "--collector", new_id(),
+        "--timeout", "120", timeout=20,
+    )  # fmt: skip
+    assert code == EXIT_NO_RESPONDER
+    assert "no collector listening on control.collector." in err
+
+
+async def test_ctl_reports_no_redis(tmp_path: Path) -> None:
+    """No --redis-url and no embedded Redis in the data directory: exit 6 with a hint."""
+    code, _, err = await procmond("ctl", "health", "--data-dir", str(tmp_path / "none"))
+    assert code == EXIT_NO_REDIS
+    assert "no Redis found" in err
+
+
+@contextlib.asynccontextmanager
+async def fake_collector(url: str, collector_id: str, status: str | None) -> AsyncIterator[None]:
+    """A responder answering every request to the collector with ``status`` (None: silent)."""
+    client = Redis.from_url(url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"control.collector.{collector_id}")
+
+    async def serve() -> None:
+        async for message in pubsub.listen():
+            if message["type"] != "message" or status is None:
+                continue
+            request = json.loads(message["data"])
+            error = None if status == "Success" else {
+                "code": {"Error": "INVALID_STATE", "Timeout": "TIMEOUT"}.get(status, "BUSY"),
+                "message": "scripted", "category": "Resource", "context": {},
+            }  # fmt: skip
+            response = {
+                "request_id": request["request_id"], "correlation_id": request["request_id"],
+                "operation": request["operation"], "service_id": collector_id, "status": status,
+                "payload": {} if error is None else None, "error": error, "state": "ready",
+                "timestamp": request["timestamp"], "queue_time_ms": 0, "execution_time_ms": 0,
+                "total_time_ms": 0,
+            }  # fmt: skip
+            await client.publish(
+                f"control.rpc.response.{request['client_id']}", json.dumps(response)
+            )
+
+    task = asyncio.create_task(serve())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("Success", EXIT_SUCCESS),
+        ("Error", EXIT_ERROR),
+        ("Timeout", EXIT_TIMEOUT),
+        ("Unavailable", EXIT_UNAVAILABLE),
+        (None, EXIT_TIMEOUT),
+    ],
+)
+async def test_ctl_exit_status_for_each_response_status(
+    redis_server: RedisServer, status: str | None, expected: int
+) -> None:
+    """Each response status maps to its documented exit status; silence is a timeout."""
+    cid = new_id()
+    async with fake_collector(redis_server.url, cid, status):
+        code, _, _ = await procmond(
+            "ctl", "health", "--json", "--redis-url", redis_server.url, "--collector", cid,
+            "--timeout", "1",
+        )  # fmt: skip
+    assert code == expected
+
+
+async def test_watch_prints_control_messages_and_events(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """watch --json shows heartbeats from the control topics and new stream entries."""
+    cid = new_id()
+    url = redis_server.url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCMOND_")}
+    watcher = await asyncio.create_subprocess_exec(
+        *PROCMOND, "watch", "--json", "--redis-url", url,
+        stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert watcher.stdout is not None
+    seen_heartbeat = seen_event = False
+    try:
+        async with running_agent(url, heartbeat_interval_ms=200) as agent:
+            with daemon(tmp_path, url, cid):
+                await agent.wait_for_state(cid, "ready", timeout=15)
+                async with asyncio.timeout(20):
+                    while not (seen_heartbeat and seen_event):
+                        line = json.loads(await watcher.stdout.readline())
+                        topic = line["topic"]
+                        if topic == f"control.health.heartbeat.{cid}":
+                            seen_heartbeat = line["message"]["collector_id"] == cid
+                        elif topic.startswith("events.process.") and line["collector_id"] == cid:
+                            seen_event = isinstance(line["event"], dict)
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            assert await watcher.wait() == 0
+
+
+async def test_systemd_notifications(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under NOTIFY_SOCKET: READY=1 on ready, WATCHDOG=1, STOPPING=1 on draining, STATUS lines."""
+    cid = new_id()
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    async def until(needle: str) -> None:
+        async with asyncio.timeout(15):
+            while not any(needle in m for m in received):
+                received.append((await loop.sock_recv(sock, 4096)).decode())
+
+    try:
+        async with running_agent(redis_server.url, heartbeat_interval_ms=200) as agent:
+            with daemon(tmp_path, redis_server.url, cid) as proc:
+                await until("READY=1")
+                await agent.wait_for_state(cid, "ready", timeout=15)
+                await until("WATCHDOG=1")
+                proc.signal(signal.SIGTERM)
+                await until("STOPPING=1")
+                await until("STATUS=deregistered")
+                assert await proc.wait_async(15) == 0
+    finally:
+        sock.close()
+    ready = next(m for m in received if "READY=1" in m)
+    assert "STATUS=ready" in ready
+    assert any(m.startswith("STATUS=registering") for m in received)
+
+
+async def test_agent_accounts_for_a_paused_collector(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGSTOP makes the reference agent report late then failed; SIGCONT, recovered."""
+    cid = new_id()
+    url = redis_server.url
+    events: list[AgentEvent] = []
+    changed = asyncio.Event()
+
+    def on_events(batch: list[AgentEvent]) -> None:
+        events.extend(e for e in batch if e.collector_id == cid)
+        changed.set()
+
+    async def wait_for(kind: EventKind) -> None:
+        async with asyncio.timeout(15):
+            while not any(e.kind is kind for e in events):
+                changed.clear()
+                await changed.wait()
+
+    bus = RedisBus(url, name="test-agent")
+    agent = Agent(bus, Tracker(assigned_interval_ms=200), on_events=on_events)
+    stop = asyncio.Event()
+    await agent.start()
+    await bus.start()
+    runner = asyncio.create_task(agent.run(stop, tick_s=0.05))
+    try:
+        with daemon(tmp_path, url, cid) as proc:
+            await wait_for(EventKind.REGISTERED)
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                await wait_for(EventKind.LATE)
+                await wait_for(EventKind.FAILED)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            await wait_for(EventKind.RECOVERED)
+            proc.signal(signal.SIGTERM)
+            await wait_for(EventKind.DEREGISTERED)
+            assert await proc.wait_async(15) == 0
+        lost = [e for e in events if e.kind is EventKind.LOST_HEARTBEATS]
+        assert lost == []  # a paused collector numbers no heartbeats: no gap
+    finally:
+        stop.set()
+        await runner
+        await agent.close()
+        await bus.close()
+
+
+async def test_demo_shows_the_stack_and_drains_on_ctrl_c(tmp_path: Path) -> None:
+    """procmond demo: embedded Redis, agent, ready, heartbeats, baseline; Ctrl-C exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCMOND_")}
+    demo = await asyncio.create_subprocess_exec(
+        *PROCMOND, "demo", "--data-dir", str(tmp_path / "demo"), "--interval", "1",
+        "--heartbeat-interval-ms", "200",
+        stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    lines: list[str] = []
+    wanted = ["is ready", "heartbeat #2", "baseline of"]
+
+    async def until(needles: list[str]) -> None:
+        async with asyncio.timeout(30):
+            while not all(any(n in line for line in lines) for n in needles):
+                line = await demo.stdout.readline()  # type: ignore[union-attr]
+                assert line, "demo ended early:\n" + "".join(lines)
+                lines.append(line.decode())
+
+    try:
+        await until(wanted)
+        # A terminal's Ctrl-C goes to the whole foreground process group.
+        os.killpg(demo.pid, signal.SIGINT)
+        await until(["is deregistered", "exited with status 0"])
+        async with asyncio.timeout(15):
+            assert await demo.wait() == 0
+    finally:
+        if demo.returncode is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            await demo.wait()
