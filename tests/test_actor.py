@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from memory_harness import FakeCollector, make_ready, running_parts
+from protocol_tables import SECTION_5
 
 from fsm import Trigger
 from procmond.actor import (
@@ -19,30 +20,8 @@ from procmond.actor import (
 )
 from procmond.errors import Refused
 
-# Protocol section 5, written out here independently of fsm/.
-TABLE: dict[str, dict[str, str]] = {
-    "HealthCheck": {
-        "unregistered": "yes",
-        "registering": "yes",
-        "ready": "yes",
-        "draining": "yes",
-        "deregistered": "SHUTTING_DOWN",
-    },
-    "UpdateConfig": {
-        "unregistered": "INVALID_STATE",
-        "registering": "INVALID_STATE",
-        "ready": "yes",
-        "draining": "SHUTTING_DOWN",
-        "deregistered": "SHUTTING_DOWN",
-    },
-    "GracefulShutdown": {
-        "unregistered": "yes",
-        "registering": "yes",
-        "ready": "yes",
-        "draining": "SHUTTING_DOWN",
-        "deregistered": "SHUTTING_DOWN",
-    },
-}
+# Protocol section 5, written out independently of fsm/.
+TABLE = SECTION_5
 PATH: dict[str, list[Trigger]] = {
     "unregistered": [],
     "registering": [Trigger.START_REGISTRATION],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from protocol_tables import SECTION_5
 
 from fsm import (
     Facts,
@@ -43,27 +44,7 @@ MODEL_MOVES: dict[tuple[str, str], tuple[str, str | None]] = {
 
 # operation -> state -> "yes" or refusal code (protocol section 5, plus the ticks).
 MODEL_ACCEPTS: dict[str, dict[str, str]] = {
-    "HealthCheck": {
-        "unregistered": "yes",
-        "registering": "yes",
-        "ready": "yes",
-        "draining": "yes",
-        "deregistered": "SHUTTING_DOWN",
-    },
-    "UpdateConfig": {
-        "unregistered": "INVALID_STATE",
-        "registering": "INVALID_STATE",
-        "ready": "yes",
-        "draining": "SHUTTING_DOWN",
-        "deregistered": "SHUTTING_DOWN",
-    },
-    "GracefulShutdown": {
-        "unregistered": "yes",
-        "registering": "yes",
-        "ready": "yes",
-        "draining": "SHUTTING_DOWN",
-        "deregistered": "SHUTTING_DOWN",
-    },
+    **SECTION_5,
     "CollectTick": {
         "unregistered": "yes",
         "registering": "yes",
