@@ -192,6 +192,9 @@ class ProcmondMonitorCollector:
         self.heartbeats_sent = 0
         self.rpc_malformed_total = 0
         self.busy_total = 0
+        #: The most messages the mailbox held when a request was admitted: at most
+        #: its size (the daemon's own priority ticks and signals are not bounded).
+        self.mailbox_high_water = 0
         self._backpressure = False
 
     # -- public: lifecycle --------------------------------------------------
@@ -260,6 +263,8 @@ class ProcmondMonitorCollector:
             raise Refused.busy(BUSY_RETRY_AFTER_MS)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._mailbox.append(_Envelope(message, future, time.monotonic(), deadline))
+        if not priority:
+            self.mailbox_high_water = max(self.mailbox_high_water, len(self._mailbox))
         self._mail.set()
         return future
 
@@ -412,9 +417,24 @@ class ProcmondMonitorCollector:
     async def _run_cycle(self) -> None:
         started = time.monotonic()
         try:
+            pipeline = self._pipeline
+            if pipeline.unlogged:
+                # Events of an earlier cycle wait for room in the log: collecting now
+                # would move the collector's view further past them (pipeline.py).
+                await pipeline.retry_unlogged()
+                if pipeline.unlogged:
+                    raise _LogUnavailable(pipeline.log_error or "write-ahead log unavailable")
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._collect_thread, self._collector.collect)
-            await self._pipeline.submit(result.events)
+            await pipeline.submit(result.events)
+            if pipeline.log_error is not None:
+                raise _LogUnavailable(pipeline.log_error)
+        except _LogUnavailable as exc:
+            self.collection_errors += 1
+            self.consecutive_failures += 1
+            self.last_cycle_failed = True
+            self.last_error = self.wal_error = str(exc)
+            # pipeline.py logged the change of state; one line per cycle would flood.
         except Exception as exc:
             self.collection_errors += 1
             self.consecutive_failures += 1
@@ -491,6 +511,19 @@ class ProcmondMonitorCollector:
             complete = False
         remaining = max(0.0, deadline - time.monotonic())
         complete = await self._pipeline.flush(remaining) and complete
+        while self._pipeline.unlogged and complete:
+            # Held events (the log was full): flushing freed room; log and flush them.
+            if not await self._pipeline.retry_unlogged():
+                break
+            remaining = max(0.0, deadline - time.monotonic())
+            complete = await self._pipeline.flush(remaining)
+        if self._pipeline.unlogged:
+            complete = False
+            log.error(
+                "%d events could not be written to the log before exit and are lost: %s",
+                self._pipeline.unlogged,
+                self._pipeline.log_error,
+            )
         try:
             await self._pipeline.sync()
         except OSError as exc:
@@ -502,11 +535,15 @@ class ProcmondMonitorCollector:
             complete=complete,
         )
         log.info(
-            "drain %s in %.0f ms: %d events flushed, %d left in the log",
+            "drain %s in %.0f ms: %d events flushed, %d left in the log; "
+            "mailbox peak %d of %d, %d requests answered BUSY",
             "complete" if complete else "timed out",
             result.drain_ms,
             result.events_flushed,
             result.wal_pending,
+            self.mailbox_high_water,
+            self._mailbox_size,
+            self.busy_total,
         )
         if not envelope.future.done():
             envelope.future.set_result(
@@ -576,6 +613,10 @@ def collector_settings(config: CollectorConfig) -> CollectorSettings:
         collect_enhanced_metadata=config.collect_enhanced_metadata,
         compute_executable_hashes=config.compute_executable_hashes,
     )
+
+
+class _LogUnavailable(Exception):  # noqa: N818 - a cycle outcome, reported in health
+    """The write-ahead log could not take this cycle's events (they are held)."""
 
 
 class _Stop(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -15,6 +15,15 @@ An event's life (protocol section 8):
 While Redis is down the buffer fills; its level is ``buffer_level_percent``
 and the collector slows down (backpressure) and finally pauses, so memory
 stays bounded while nothing accepted is dropped.
+
+When the log cannot take a batch (its size cap is reached, or the disk
+fails a write), the events that fit are logged and the rest are *held*, in
+order and without a seq, in :attr:`EventPipeline.unlogged`. They were
+observed once and the collector's view has moved past them, so dropping them
+would lose them without a trace (no seq gap). The actor collects nothing new
+while events are held; it calls :meth:`EventPipeline.retry_unlogged` first,
+and once Redis acknowledges events the log frees room and the held events
+get the next seqs. Memory stays bounded by one cycle's events.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Final
 
 from procmond.bus import Bus, BusError, BusRefused, ConnectionStatus
 from procmond.collector import ProcessEvent
-from procmond.wal import WalRecord, WriteAheadLog
+from procmond.wal import WalError, WalFullError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond.pipeline")
 
@@ -42,6 +51,9 @@ DEFAULT_STREAM_MAXLEN: Final = 100_000
 #: Retry pacing while Redis is unreachable; the bus reconnects on its own.
 _RETRY_INITIAL_S: Final = 0.05
 _RETRY_MAX_S: Final = 1.0
+#: Events per append when logging a cycle: a batch that does not fit whole is
+#: retried one event at a time, so as much as fits is logged, in order.
+_APPEND_CHUNK: Final = 256
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class EventPipeline:
         self.events_published = 0
         self.events_logged = 0
         self.publish_failures = 0
+        self._unlogged: collections.deque[ProcessEvent] = collections.deque()
+        self.log_error: str | None = None
 
     # -- state ------------------------------------------------------------
 
@@ -107,6 +121,11 @@ class EventPipeline:
     def pending(self) -> int:
         """Events logged but not yet acknowledged by Redis."""
         return len(self._buffer)
+
+    @property
+    def unlogged(self) -> int:
+        """Events observed but held back because the log had no room or failed."""
+        return len(self._unlogged)
 
     @property
     def capacity(self) -> int:
@@ -136,28 +155,74 @@ class EventPipeline:
         self._signal()
 
     async def submit(self, events: Sequence[ProcessEvent]) -> int:
-        """Log ``events`` durably, then queue them for Redis; returns how many.
+        """Log ``events`` durably, then queue them for Redis; returns how many were logged.
 
-        Raises the log's errors (``WalFullError``, ``OSError``): then nothing
-        of this batch was queued and the caller counts a failed cycle.
+        Events are logged in order, as many as the log takes; the rest are
+        held (:attr:`unlogged`, :attr:`log_error` says why) and logged by
+        :meth:`retry_unlogged`. Events already held go first, so seq follows
+        the order of observation.
         """
-        if not events:
+        self._unlogged.extend(events)
+        return await self.retry_unlogged()
+
+    async def retry_unlogged(self) -> int:
+        """Log as many held events as the log takes now; returns how many."""
+        if not self._unlogged:
             return 0
         loop = asyncio.get_running_loop()
-        entries = await loop.run_in_executor(self._wal_thread, self._log_batch, events)
+        entries, error = await loop.run_in_executor(self._wal_thread, self._log_held)
         self._buffer.extend(entries)
         self.events_logged += len(entries)
+        if error is not None:
+            if self.log_error is None:
+                log.error(
+                    "write-ahead log refused events: %s; %d events held, collection paused",
+                    error,
+                    len(self._unlogged),
+                )
+            self.log_error = error
+        elif self.log_error is not None:
+            log.warning("write-ahead log writable again: held events logged, collection resumes")
+            self.log_error = None
         self._signal()
         return len(entries)
 
-    def _log_batch(self, events: Sequence[ProcessEvent]) -> list[_Entry]:
+    def _log_held(self) -> tuple[list[_Entry], str | None]:
+        """On the log's thread: append the held events' head while it fits, then fsync."""
+        entries: list[_Entry] = []
+        error: str | None = None
+        chunk = _APPEND_CHUNK
+        try:
+            while self._unlogged:
+                batch = [self._unlogged[i] for i in range(min(chunk, len(self._unlogged)))]
+                try:
+                    entries.extend(self._append(batch))
+                except WalFullError as exc:
+                    if chunk > 1:
+                        chunk = 1  # log what still fits, one event at a time
+                        continue
+                    error = str(exc)
+                    break
+                for _ in batch:
+                    self._unlogged.popleft()
+        except (WalError, OSError) as exc:
+            error = str(exc) or type(exc).__name__
+        if entries:
+            try:
+                self._wal.sync()
+            except OSError as exc:
+                # Written (the kernel has them, a process crash keeps them) but not
+                # known to be on disk: queue them anyway and report the failure.
+                error = f"fsync failed: {exc}"
+        return entries, error
+
+    def _append(self, events: Sequence[ProcessEvent]) -> list[_Entry]:
         first = self._wal.next_seq
         payloads = [
             _encode(self._collector_id, self._boot_id, first + i, event)
             for i, event in enumerate(events)
         ]
         records = self._wal.append(payloads)
-        self._wal.sync()
         if records and records[0].seq != first:  # pragma: no cover - the log is single-owner
             raise RuntimeError(f"write-ahead log numbered from {records[0].seq}, expected {first}")
         return [_decode(self._collector_id, record) for record in records]
