@@ -7,9 +7,11 @@ The daemon talks to a :class:`Bus`. :class:`RedisBus` is the real one; with
 a :class:`MemoryBroker` is an in-memory fake with the same behaviour for the
 unit tests of the daemon's parts.
 
-``RedisBus`` keeps two connection pools. Commands (PUBLISH, the XADD pipeline)
-use a client with redis-py's own retry (``Redis.from_url`` gets none unless
-``retry=`` is passed), bounded by ``command_timeout``. Pub/sub is one
+``RedisBus`` keeps two connection pools. Commands (PUBLISH, the XADD pipeline,
+XREAD) use a blocking pool of ``COMMAND_CONNECTIONS`` connections with
+redis-py's own retry passed explicitly (a pool built from a URL gets none
+unless ``retry=`` is given), bounded by ``command_timeout``; under a burst a
+command waits for a free connection instead of failing. Pub/sub is one
 connection owned by a supervisor task that does its own reconnecting: it opens
 a fresh ``PubSub``, subscribes every registered channel and pattern, waits for
 the server's confirmations and a PING round trip, and only then reports

@@ -384,6 +384,7 @@ def watch_command(
     import signal
 
     from procmond.bus import RedisBus
+    from procmond.discovery import display_url
     from procmond.watch import watch
 
     url = _redis_url(redis_url, data_dir)
@@ -396,7 +397,7 @@ def watch_command(
         bus = RedisBus(url, name="procmond-watch")
         await bus.start()
         if not await bus.wait_connected(timeout=5.0):
-            click.echo(f"procmond: cannot reach Redis at {url}", err=True)
+            click.echo(f"procmond: cannot reach Redis at {display_url(url)}", err=True)
             sys.exit(6)
         try:
             await watch(

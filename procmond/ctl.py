@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from procmond.bus import BusError, RedisBus
 from procmond.client import CallTimeout, NoResponder, RpcClient
+from procmond.discovery import display_url
 
 EXIT_SUCCESS: Final = 0
 EXIT_ERROR: Final = 1
@@ -128,7 +129,7 @@ async def ctl_call(
     await bus.start()
     try:
         if not await bus.wait_connected(timeout=min(timeout, 5.0)):
-            echo(f"cannot reach Redis at {url}", err=True)
+            echo(f"cannot reach Redis at {display_url(url)}", err=True)
             return EXIT_NO_REDIS
         client = RpcClient(bus)
         try:

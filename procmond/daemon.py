@@ -30,13 +30,13 @@ import sys
 import uuid
 from contextlib import AsyncExitStack
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 from fsm import Facts, Trigger
 from procmond.actor import GracefulShutdown, Identity, ProcmondMonitorCollector, collector_settings
 from procmond.bus import RedisBus
 from procmond.collector import ProcessCollector
 from procmond.config import EXIT_BAD_CONFIG, Settings
+from procmond.discovery import display_url
 from procmond.embedded import EmbeddedRedisError, RedisServer
 from procmond.errors import StartupError
 from procmond.pipeline import EventPipeline
@@ -63,17 +63,6 @@ EXIT_CODES: Final = {
 }
 #: How long shutdown waits for the last announcements and answers to go out.
 _FINAL_PUBLISH_S: Final = 3.0
-
-
-def display_url(url: str) -> str:
-    """``url`` with its password masked, for logs and the start-up line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _say(message: str) -> None:
@@ -207,7 +196,8 @@ class Daemon:
             if watchdog is not None:
                 watchdog.cancel()
         _say(
-            f"exited cleanly: {report.result.events_flushed} events flushed, "
+            f"{'exited cleanly' if self.exit_code == EXIT_OK else 'exiting'}: "
+            f"{report.result.events_flushed} events flushed, "
             f"{report.result.wal_pending} left in the log"
         )
 
@@ -215,7 +205,10 @@ class Daemon:
         _say(f"{why}: shutting down")
         self.exit_code = EXIT_REGISTRATION_FAILED
         assert self._actor is not None
-        self._actor.tell(GracefulShutdown(reason="registration failed"), priority=True)
+        timeout_s = self.settings.shutdown_timeout_ms / 1000
+        self._actor.tell(
+            GracefulShutdown(reason="registration failed", timeout_s=timeout_s), priority=True
+        )
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -75,6 +76,9 @@ class Demo:
         self._url = loop.create_future()
         procmond = str(Path(sys.executable).parent / "procmond")
         self._intro(procmond)
+        # The demo is about the embedded default: a URL from the environment
+        # would point the daemon elsewhere and leave the narration blind.
+        env = {k: v for k, v in os.environ.items() if k != "PROCMOND_REDIS_URL"}
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "procmond.cli", "run",
             "--data-dir", str(self.data_dir),
@@ -83,6 +87,7 @@ class Demo:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )  # fmt: skip
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt, child)
         loop.add_signal_handler(signal.SIGTERM, self._on_terminate, child)
@@ -138,7 +143,7 @@ class Demo:
             found = _URL_LINE.search(line)
             if found and not self._url.done():
                 self._url.set_result(found.group(1))
-            if line.startswith("procmond: exited"):
+            if line.startswith(("procmond: exited", "procmond: exiting")):
                 # Stop narrating before the daemon stops its embedded Redis
                 # (a moment later: its last messages may still be in flight).
                 asyncio.get_running_loop().call_later(_FINAL_MESSAGES_S, self._done.set)

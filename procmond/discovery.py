@@ -8,6 +8,7 @@ look for the URL file that an embedded Redis writes into the data directory
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from procmond.config import default_data_dir
 
@@ -26,3 +27,14 @@ def discover_redis_url(data_dir: Path | None) -> str | None:
         if not Path(socket_path).exists():
             return None
     return url or None
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password masked, for logs and the start-up line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

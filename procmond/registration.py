@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ BACKOFF_JITTER: Final = 0.2
 DEREGISTER_TIMEOUT_S: Final = 2.0
 #: Protocol section 7: 30 s heartbeat unless the agent assigns another.
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000
+#: At most one "could not publish" warning per topic per this many seconds.
+PUBLISH_WARNING_INTERVAL_S: Final = 10.0
 CAPABILITIES: Final = ("process-events", "health-check", "update-config", "graceful-shutdown")
 
 
@@ -128,6 +131,7 @@ class RegistrationManager:
         self._boot_id = identity.boot_id
         self._interval_ms = self._settings.heartbeat_interval_ms
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
+        self._publish_warned: dict[str, float] = {}
         self._announcements: asyncio.Queue[State] = asyncio.Queue()
         self._heartbeat_now = asyncio.Event()
         # Set on every state change and when the bus comes back: wakes the loop.
@@ -221,7 +225,7 @@ class RegistrationManager:
             failures += 1
             limit = self._settings.max_attempts
             if limit is not None and failures >= limit:
-                raise RegistrationFailed(f"{failures} registration attempts failed")
+                raise RegistrationFailed(f"registration failed {failures} time(s) in a row")
             delay = next(delays, self._settings.backoff_max_s)
             log.info("registration attempt %d failed; retrying in %.2f s", failures, delay)
             await self._sleep_unless_leaving(delay)
@@ -416,6 +420,12 @@ class RegistrationManager:
         try:
             await self._bus.publish(topic, data)
         except BusError as exc:
-            log.warning("could not publish on %s: %s", topic, exc)
+            # While the bus is down this fails every heartbeat: say it once a while.
+            now = time.monotonic()
+            if now - self._publish_warned.get(topic, -PUBLISH_WARNING_INTERVAL_S) >= (
+                PUBLISH_WARNING_INTERVAL_S
+            ):
+                self._publish_warned[topic] = now
+                log.warning("could not publish on %s: %s", topic, exc)
             return False
         return True

@@ -66,10 +66,9 @@ SHUTDOWN_ANSWER_MARGIN_S: Final = 5.0
 DEDUPE_ENTRIES: Final = 10_000
 #: At most one malformed-message warning per this many seconds.
 MALFORMED_WARNING_INTERVAL_S: Final = 10.0
-#: Answers being published at once. Every PUBLISH in flight holds a connection
-#: of the bus's pool (redis-py: 100, and the 101st fails at once with "Too many
-#: connections" instead of waiting); a burst of requests must queue here, not
-#: lose its answers (BUSY above all) or starve heartbeats and XADDs.
+#: Answers being published at once. Every PUBLISH in flight holds one of the
+#: bus's 16 command connections (bus.COMMAND_CONNECTIONS); keeping answers to
+#: half of them leaves room for heartbeats and the XADD flusher in a burst.
 MAX_CONCURRENT_ANSWERS: Final = 8
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
@@ -249,6 +248,8 @@ class RpcService:
             async with asyncio.timeout(wait):
                 return await asyncio.shield(future)
         except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # answered just as the timer fired: keep the answer
             queue_ms = (time.monotonic() - received) * 1000
             if self._actor.withdraw(future):
                 # Still queued: nothing ran, so this is DEADLINE_EXCEEDED (protocol
