@@ -49,7 +49,9 @@ unchanged) is not seen; the uid -> name cache lives as long as the collector.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import pwd
 import threading
@@ -175,9 +177,27 @@ class CycleResult:
     truncated: bool
 
 
+@functools.lru_cache(maxsize=4096)
+def _whole_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _rfc3339(epoch_secs: float) -> str:
-    """RFC 3339 UTC with microseconds and 'Z', as the wire contract spells it."""
-    return datetime.fromtimestamp(epoch_secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds and 'Z', as the wire contract spells it.
+
+    Events of one cycle share their observed second and many processes their
+    start second, so the formatted second is cached (the event encoder's
+    hottest call, bench_throughput's profile: 1.8 us a call uncached).
+    """
+    # Rounded exactly as datetime.fromtimestamp rounds (half to even).
+    fraction, whole = math.modf(epoch_secs)
+    micros = round(fraction * 1e6)
+    seconds = int(whole)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{_whole_second(seconds)}.{micros:06d}Z"
 
 
 @dataclass(slots=True)

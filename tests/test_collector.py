@@ -16,15 +16,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from procmond.collector import (
     CollectorSettings,
     CycleResult,
     ProcessCollector,
     ProcessEvent,
+    _rfc3339,
 )
 
 SECRET = "hunter2-s3cr3t"
@@ -393,3 +397,10 @@ def test_to_wire_matches_protocol_section_8() -> None:
     assert plain["username"] is None
     assert plain["changed"] == ["status"]
     assert not {"baseline", "cpu_percent", "memory_rss", "exe_sha256"} & plain.keys()
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False))
+def test_rfc3339_matches_datetime_formatting(epoch: float) -> None:
+    """The cached-second formatter spells every instant exactly as datetime does."""
+    expected = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _rfc3339(epoch) == expected
