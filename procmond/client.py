@@ -17,7 +17,6 @@ import asyncio
 import os
 import secrets
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from procmond.bus import Bus
@@ -90,16 +89,14 @@ class RpcClient:
         """
         await self.start()
         request_id = request_id or uuid.uuid4().hex
-        now = datetime.now(UTC)
         topic = collector_topic(collector_id)
-        request = OutgoingRequest(
+        request = OutgoingRequest.expiring(
             request_id=request_id,
             client_id=self.client_id,
             target=topic,
             operation=operation,
             payload=payload,
-            timestamp=now,
-            deadline=now + timedelta(seconds=timeout),
+            timeout_s=timeout,
         )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from fsm import Facts, Operation, State, Trigger
@@ -287,15 +287,13 @@ class RegistrationManager:
         leaves that state: a shutdown must not wait out a Register attempt.
         """
         request_id = f"{self._collector_id}-{operation.lower()}-{uuid.uuid4().hex[:16]}"
-        now = datetime.now(UTC)
-        request = OutgoingRequest(
+        request = OutgoingRequest.expiring(
             request_id=request_id,
             client_id=self._collector_id,
             target=REGISTRATION_TOPIC,
             operation=operation,
             payload=payload,
-            timestamp=now,
-            deadline=now + timedelta(seconds=timeout),
+            timeout_s=timeout,
         )
         future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

@@ -18,7 +18,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -265,6 +265,29 @@ class OutgoingRequest(_Wire):
     timestamp: datetime
     deadline: datetime
     correlation_id: str | None = None
+
+    @classmethod
+    def expiring(
+        cls,
+        *,
+        request_id: str,
+        client_id: str,
+        target: str,
+        operation: str,
+        payload: dict[str, Any] | None,
+        timeout_s: float,
+    ) -> OutgoingRequest:
+        """A request stamped now, whose deadline is ``timeout_s`` from now."""
+        now = datetime.now(UTC)
+        return cls(
+            request_id=request_id,
+            client_id=client_id,
+            target=target,
+            operation=operation,
+            payload=payload,
+            timestamp=now,
+            deadline=now + timedelta(seconds=timeout_s),
+        )
 
 
 # --------------------------------------------------------------------------
