@@ -172,6 +172,10 @@ class _RateLimitedLog:
             args = (*args, suppressed)
         logger.log(level, msg, *args, exc_info=exc)
 
+    def reset(self, key: str) -> None:
+        """Let the next message of ``key`` through at once (a new episode began)."""
+        self._last.pop(key, None)
+
 
 class _StatusMixin:
     """Status, listeners and the Connected event, shared by both buses."""
@@ -363,7 +367,10 @@ class RedisBus(_StatusMixin):
             except Exception as exc:
                 if not stop.done():
                     self._log(
-                        logging.WARNING, "lost", "redis pub/sub connection: %s", exc or repr(exc)
+                        logging.WARNING,
+                        "lost",
+                        "redis pub/sub connection: %s",
+                        str(exc) or repr(exc),
                     )
             failures = 1 if self._had_session else failures + 1
             await asyncio.wait({stop}, timeout=backoff.compute(failures))
@@ -386,6 +393,9 @@ class RedisBus(_StatusMixin):
             async with asyncio.timeout(self._timeout):
                 await self._handshake(pubsub, lost, stop)
             self._had_session = True
+            # The rate limit is for a server that stays down (one line per reconnect
+            # attempt); the first loss after a success is news and is always logged.
+            self._log.reset("lost")
             self._set_status(ConnectionStatus.CONNECTED)
             await self._watch(pubsub, lost, stop)
         finally:
