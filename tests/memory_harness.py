@@ -192,6 +192,7 @@ async def running_parts(
     registration: RegistrationSettings | None = None,
     run_registration: bool = False,
     rng_seed: int = 7,
+    wal_max_bytes: int | None = None,
 ) -> AsyncIterator[Parts]:
     """Start the parts in the daemon's order; stop them at the end whatever happened."""
     import random
@@ -199,7 +200,11 @@ async def running_parts(
     broker = MemoryBroker()
     bus = MemoryBus(broker)
     fake = collector or FakeCollector()
-    wal = WriteAheadLog(tmp_path / "wal")
+    wal = (
+        WriteAheadLog(tmp_path / "wal")
+        if wal_max_bytes is None
+        else WriteAheadLog(tmp_path / "wal", max_total_bytes=wal_max_bytes)
+    )
     pending = wal.open()
     pipeline = EventPipeline(wal, bus, collector_id=CID, boot_id="boot-1")
     pipeline.restore(pending)
