@@ -143,12 +143,25 @@ class ContractAgent:
             await self.subscribed.wait()
 
     async def close(self) -> None:
-        """Stop reading and close the connection."""
+        """Stop reading and close the connection (bounded).
+
+        Python 3.11's ``asyncio.wait_for`` inside redis-py can swallow a
+        cancellation (see procmond.bus._cancel_and_wait): a single cancel()
+        once left the reader looping and close() waiting forever. So cancel
+        again until the reader is gone, a bounded number of times.
+        """
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            for _ in range(50):
+                if self._reader.done():
+                    break
+                self._reader.cancel()
+                await asyncio.wait({self._reader}, timeout=0.1)
+            if self._reader.done() and not self._reader.cancelled():
+                self._reader.exception()  # retrieved: not logged as never retrieved
         if self._redis is not None:
-            await self._redis.aclose()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._redis.aclose()
 
     @property
     def redis(self) -> Redis:

@@ -128,6 +128,17 @@ def fuzz_target() -> Iterator[FuzzTarget]:
             assert health["state"] == "ready"
             assert health["config_version"] == 1, health
             assert agent.states(cid) == ["ready"]
+            assert health["metrics"]["rpc_malformed_total"] == target.dropped
+            record(
+                "bad-input-module",
+                injected=target.sent,
+                requests_sent=target.sent,
+                answered=target.answered,
+                dropped_and_counted=target.dropped,
+                rpc_malformed_total=health["metrics"]["rpc_malformed_total"],
+                config_version=health["config_version"],
+                state=health["state"],
+            )
             runner.run(agent.call(cid, "GracefulShutdown", None, timeout=30))
             assert proc.wait(20) == 0
         runner.run(agent.close())
@@ -236,10 +247,14 @@ class LoadClient:
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self.redis.aclose()
+            for _ in range(50):  # cancel until gone: see ContractAgent.close
+                if self._reader.done():
+                    break
+                self._reader.cancel()
+                await asyncio.wait({self._reader}, timeout=0.1)
+        async with asyncio.timeout(5):
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self.redis.aclose()
 
 
 def _deadline_of(request: dict[str, Any]) -> datetime:
