@@ -359,8 +359,15 @@ class ContractAgent:
     async def read_events(self, collector_id: str) -> list[dict[str, Any]]:
         """Every entry of the three streams for ``collector_id``: fields plus ``stream``."""
         entries: list[dict[str, Any]] = []
+        # One MULTI for the three streams: read one after another, a collector
+        # still publishing could add a later seq to the last stream read while
+        # an earlier one looked complete, which would read as a gap.
+        snapshot = self.redis.pipeline(transaction=True)
         for stream in STREAMS:
-            for _entry_id, fields in await self.redis.xrange(stream) or []:
+            snapshot.xrange(stream)
+        ranges = await snapshot.execute()
+        for stream, items in zip(STREAMS, ranges, strict=True):
+            for _entry_id, fields in items or []:
                 if fields is None:
                     continue
                 decoded = {_text(k): _text(v) for k, v in fields.items()}
