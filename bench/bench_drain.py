@@ -36,16 +36,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.common import (
-    emit,
     log_tail,
-    machine_info,
     metric,
     private_redis,
     procmond_command,
-    result,
+    run_benchmark,
     say,
     spawn,
-    temp_dir,
     wait_until,
 )
 from bench.events import (
@@ -242,19 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    started = time.monotonic()
-    machine = machine_info()
-    try:
-        with temp_dir("pm-drain-") as tmp:
-            metrics, details = measure(args, tmp)
-    except KeyboardInterrupt:
-        say("interrupted; children ended")
-        return 130
-    except (subprocess.SubprocessError, OSError, TimeoutError) as exc:
-        emit({"benchmark": "drain", "error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    emit(result("drain", args.quick, metrics, details, machine, started))
-    return 0
+    return run_benchmark("drain", args.quick, lambda tmp: measure(args, tmp))
 
 
 if __name__ == "__main__":

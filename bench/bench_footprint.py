@@ -31,16 +31,14 @@ from typing import Any, Final
 import psutil
 
 from bench.common import (
-    emit,
-    machine_info,
+    MEASUREMENT_ERRORS,
     metric,
     private_redis,
     procmond_command,
-    result,
+    run_benchmark,
     say,
     sleeping_children,
     spawn,
-    temp_dir,
     wait_until,
 )
 from bench.wire import Caller, MinimalAgent, collector_topic, request, response_topic
@@ -299,19 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     args.starts = args.starts or (2 if args.quick else 5)
     args.import_runs = args.import_runs or (3 if args.quick else 7)
     args.extra_processes = args.extra_processes or (500 if args.quick else 1500)
-    started = time.monotonic()
-    machine = machine_info()
-    try:
-        with temp_dir("pm-foot-") as tmp:
-            metrics, details = measure(args, tmp)
-    except KeyboardInterrupt:
-        say("interrupted; children ended")
-        return 130
-    except (subprocess.SubprocessError, OSError, TimeoutError, psutil.Error) as exc:
-        emit({"benchmark": "footprint", "error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    emit(result("footprint", args.quick, metrics, details, machine, started))
-    return 0
+    return run_benchmark(
+        "footprint",
+        args.quick,
+        lambda tmp: measure(args, tmp),
+        errors=(*MEASUREMENT_ERRORS, psutil.Error),
+    )
 
 
 if __name__ == "__main__":

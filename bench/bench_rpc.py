@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,17 +36,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.common import (
-    emit,
-    machine_info,
     metric,
     private_redis,
     procmond_command,
-    result,
+    run_benchmark,
     say,
     sleeping_children,
     spawn,
     summarize_ms,
-    temp_dir,
     wait_until,
 )
 from bench.wire import Caller, MinimalAgent, collector_topic, request, response_topic
@@ -354,19 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     args.samples = args.samples or (600 if args.quick else 2000)
     args.busy_samples = args.busy_samples or (800 if args.quick else 3000)
     args.busy_processes = args.busy_processes or (500 if args.quick else 1500)
-    started = time.monotonic()
-    machine = machine_info()
-    try:
-        with temp_dir("pm-rpc-") as tmp:
-            metrics, details = measure(args, tmp)
-    except KeyboardInterrupt:
-        say("interrupted; children ended")
-        return 130
-    except (subprocess.SubprocessError, OSError, TimeoutError, RuntimeError) as exc:
-        emit({"benchmark": "rpc", "error": f"{type(exc).__name__}: {exc}", "machine": machine})
-        return 1
-    emit(result("rpc", args.quick, metrics, details, machine, started))
-    return 0
+    return run_benchmark("rpc", args.quick, lambda tmp: measure(args, tmp))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Final
 
-from bench.common import emit, machine_info, metric, private_redis, result, say, temp_dir
+from bench.common import metric, private_redis, run_benchmark, say
 from bench.events import delete_streams, raw_xadd_seconds, synthetic_events, wire_entries
 from procmond.bus import RedisBus
 from procmond.collector import ProcessEvent
@@ -159,19 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.events = args.events or (20_000 if args.quick else 100_000)
     args.rounds = args.rounds or (2 if args.quick else 3)
-    started = time.monotonic()
-    machine = machine_info()
-    try:
-        with temp_dir("pm-tput-") as tmp:
-            metrics, details = asyncio.run(measure(args, tmp))
-    except KeyboardInterrupt:
-        say("interrupted; redis-server stopped")
-        return 130
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        emit({"benchmark": "throughput", "error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    emit(result("throughput", args.quick, metrics, details, machine, started))
-    return 0
+    return run_benchmark("throughput", args.quick, lambda tmp: asyncio.run(measure(args, tmp)))
 
 
 if __name__ == "__main__":

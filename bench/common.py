@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -157,6 +157,37 @@ def result(
         "machine": machine,
         "elapsed_s": round(time.monotonic() - started, 2),
     }
+
+
+Measure = Callable[[Path], tuple[list[dict[str, Any]], dict[str, Any]]]
+#: What a failed measurement may raise: reported as an error object, exit 1.
+MEASUREMENT_ERRORS: Final = (subprocess.SubprocessError, OSError, TimeoutError, RuntimeError)
+
+
+def run_benchmark(
+    name: str,
+    quick: bool,
+    measure: Measure,
+    errors: tuple[type[BaseException], ...] = MEASUREMENT_ERRORS,
+) -> int:
+    """Run ``measure`` in a private temp dir and print its one JSON object.
+
+    Returns the process exit status: 0, 1 (measurement failed: an error
+    object is printed instead), or 130 (Ctrl-C; the children are ended).
+    """
+    started = time.monotonic()
+    machine = machine_info()
+    try:
+        with temp_dir(f"pm-{name}-") as tmp:
+            metrics, details = measure(tmp)
+    except KeyboardInterrupt:
+        say("interrupted; children ended")
+        return 130
+    except errors as exc:
+        emit({"benchmark": name, "error": f"{type(exc).__name__}: {exc}", "machine": machine})
+        return 1
+    emit(result(name, quick, metrics, details, machine, started))
+    return 0
 
 
 def emit(document: dict[str, Any]) -> None:
