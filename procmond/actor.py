@@ -439,9 +439,9 @@ class ProcmondMonitorCollector:
             self.collection_errors += 1
             self.consecutive_failures += 1
             self.last_cycle_failed = True
+            # Log failures never get here: the pipeline holds the events and
+            # reports them through log_error (the branch above).
             self.last_error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, OSError) or type(exc).__name__.startswith("Wal"):
-                self.wal_error = self.last_error
             log.error("collection cycle failed: %s", self.last_error)
         else:
             self.processes_collected = result.processes
