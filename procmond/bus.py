@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-The daemon talks to a :class:`Bus`. :class:`RedisBus` is the real one; with
-``embedded.py`` it is the only module that imports redis. :class:`MemoryBus` on
-a :class:`MemoryBroker` is an in-memory fake with the same behaviour for the
-unit tests of the daemon's parts.
+The daemon talks to a :class:`Bus` (declared, with the errors and the status,
+in :mod:`procmond.bus_types`). :class:`RedisBus` is the real one; with
+``embedded.py`` it is the only module that imports redis.
+:class:`procmond.memory_bus.MemoryBus` is an in-memory fake with the same
+behaviour for the unit tests of the daemon's parts.
 
 ``RedisBus`` keeps two connection pools. Commands (PUBLISH, the XADD pipeline,
 XREAD) use a blocking pool of ``COMMAND_CONNECTIONS`` connections with
@@ -48,18 +49,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError, ResponseError
+
+from procmond.bus_types import (
+    Bus,
+    BusClosed,
+    BusError,
+    BusRefused,
+    BusUnavailable,
+    ConnectionStatus,
+    MessageHandler,
+    PatternHandler,
+    StatusListener,
+    _StatusMixin,
+    _text,
+)
 
 __all__ = [
     "Bus",
@@ -68,15 +80,11 @@ __all__ = [
     "BusRefused",
     "BusUnavailable",
     "ConnectionStatus",
-    "MemoryBroker",
-    "MemoryBus",
     "MessageHandler",
     "PatternHandler",
     "RedisBus",
     "StatusListener",
 ]
-
-logger = logging.getLogger("procmond.bus")
 
 # Command retries inside redis-py: a few quick ones ride out a restart of the
 # server without surfacing an error; the outer deadline bounds the total.
@@ -89,149 +97,6 @@ COMMAND_CONNECTIONS: Final = 16
 # Reconnect backoff of the pub/sub supervisor: first retry after ~0.1 s, then
 # doubling with full jitter up to reconnect_max_delay.
 RECONNECT_BASE: Final = 0.05
-# The same warning at most once per this many seconds (a dead server would
-# otherwise log on every reconnect attempt).
-LOG_INTERVAL_SECS: Final = 10.0
-
-
-class ConnectionStatus(StrEnum):
-    """Connection status as reported in HealthCheck (`connection_status`)."""
-
-    CONNECTED = "Connected"
-    DISCONNECTED = "Disconnected"
-    RECONNECTING = "Reconnecting"
-
-
-class BusError(Exception):
-    """Base of the errors the bus raises."""
-
-
-# The names without an Error suffix were fixed by the daemon's interface.
-class BusUnavailable(BusError):  # noqa: N818
-    """Not connected, or the command failed because the server is down or silent."""
-
-
-class BusRefused(BusError):  # noqa: N818
-    """The server refused the command with an error reply."""
-
-
-class BusClosed(BusError):  # noqa: N818
-    """The bus was used after close()."""
-
-
-MessageHandler = Callable[[str, bytes], None]
-"""(channel, data); called on the event loop; must not block."""
-PatternHandler = Callable[[str, str, bytes], None]
-"""(pattern, channel, data); called on the event loop; must not block."""
-StatusListener = Callable[[ConnectionStatus], None]
-
-
-class Bus(Protocol):
-    """What the daemon uses; RedisBus and MemoryBus satisfy it."""
-
-    @property
-    def status(self) -> ConnectionStatus: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def subscribe(self, channel: str, handler: MessageHandler) -> None: ...
-    async def psubscribe(self, pattern: str, handler: PatternHandler) -> None: ...
-    async def unsubscribe(self, channel: str) -> None: ...
-    async def publish(self, channel: str, data: bytes) -> int: ...
-    async def xadd_many(
-        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
-    ) -> list[str]: ...
-    async def xread(
-        self, streams: Mapping[str, str], *, block_ms: int, count: int
-    ) -> list[tuple[str, str, dict[str, str]]]: ...
-    async def stream_tail_id(self, key: str) -> str: ...
-    async def channel_subscribers(self, channel: str) -> int: ...
-    async def wait_connected(self, timeout: float) -> bool: ...
-    def add_status_listener(self, listener: StatusListener) -> None: ...
-
-
-class _RateLimitedLog:
-    """Log each kind of message at most once per interval, counting the rest."""
-
-    def __init__(self, interval: float = LOG_INTERVAL_SECS) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(
-        self, level: int, key: str, msg: str, *args: object, exc: BaseException | None = None
-    ) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        logger.log(level, msg, *args, exc_info=exc)
-
-    def reset(self, key: str) -> None:
-        """Let the next message of ``key`` through at once (a new episode began)."""
-        self._last.pop(key, None)
-
-
-class _StatusMixin:
-    """Status, listeners and the Connected event, shared by both buses."""
-
-    def _init_status(self) -> None:
-        self._status = ConnectionStatus.DISCONNECTED
-        self._listeners: list[StatusListener] = []
-        self._connected = asyncio.Event()
-        self._log = _RateLimitedLog()
-
-    @property
-    def status(self) -> ConnectionStatus:
-        return self._status
-
-    def add_status_listener(self, listener: StatusListener) -> None:
-        self._listeners.append(listener)
-
-    def _set_status(self, status: ConnectionStatus) -> None:
-        if status is self._status:
-            return
-        self._status = status
-        if status is ConnectionStatus.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        for listener in list(self._listeners):
-            try:
-                listener(status)
-            except Exception as exc:
-                self._log(logging.ERROR, "listener", "status listener %r failed", listener, exc=exc)
-
-    async def wait_connected(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for Connected; True if it is."""
-        if self._status is ConnectionStatus.CONNECTED:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._connected.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    def _call_handler(self, handler: Callable[..., None], *args: object) -> None:
-        try:
-            handler(*args)
-        except Exception as exc:
-            self._log(logging.ERROR, "handler", "message handler %r failed", handler, exc=exc)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
 
 
 class _ConnectionLostError(Exception):
@@ -647,210 +512,3 @@ class RedisBus(_StatusMixin):
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"XREVRANGE {key}: {exc}") from exc
         return _text(newest[0][0]) if newest else "0-0"
-
-
-class MemoryBroker:
-    """The shared "server" of MemoryBus instances: pub/sub fan-out and streams.
-
-    Deterministic: messages are delivered with ``loop.call_soon`` in publish
-    order, no threads, no clocks. Patterns use ``fnmatch`` globbing, close to
-    Redis's. Stream ids are ``"<n>-0"`` with n counting from 1 per stream;
-    MAXLEN trimming is exact (a valid outcome of Redis's approximate trim).
-    """
-
-    def __init__(self) -> None:
-        self.down = False
-        self.published: list[tuple[str, bytes]] = []
-        self._buses: list[MemoryBus] = []
-        self._streams: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
-        self._appended = asyncio.Event()  # replaced after each XADD; wakes XREAD
-        self._counters: dict[str, int] = {}
-        self._fail_xadd = 0
-
-    def set_down(self, down: bool) -> None:
-        """Take the whole "server" down (every bus Disconnected) or bring it back."""
-        self.down = down
-        for bus in list(self._buses):
-            bus._refresh()
-
-    def fail_next_xadd(self, count: int = 1) -> None:
-        """Make the next ``count`` xadd_many calls raise BusUnavailable (status unchanged)."""
-        self._fail_xadd += count
-
-    def stream(self, key: str) -> list[tuple[str, dict[str, str | bytes]]]:
-        """A copy of the stream's entries, oldest first; fields as they were passed."""
-        return [(entry_id, dict(fields)) for entry_id, fields in self._streams.get(key, [])]
-
-    def _entries_after(
-        self, streams: Mapping[str, str], count: int
-    ) -> list[tuple[str, str, dict[str, str]]]:
-        found = []
-        for key, after in streams.items():
-            floor = _id_tuple(after)
-            taken = 0
-            for entry_id, fields in self._streams.get(key, []):
-                if _id_tuple(entry_id) > floor and taken < count:
-                    found.append((key, entry_id, {k: _text(v) for k, v in fields.items()}))
-                    taken += 1
-        return found
-
-    def _tail_id(self, key: str) -> str:
-        stream = self._streams.get(key)
-        return stream[-1][0] if stream else "0-0"
-
-    def _publish(self, channel: str, data: bytes) -> int:
-        self.published.append((channel, data))
-        return sum(bus._deliver(channel, data) for bus in list(self._buses))
-
-    def _xadd_many(
-        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], maxlen: int | None
-    ) -> list[str]:
-        if self._fail_xadd:
-            self._fail_xadd -= 1
-            raise BusUnavailable("injected XADD failure")
-        ids = []
-        for key, fields in entries:
-            n = self._counters.get(key, 0) + 1
-            self._counters[key] = n
-            stream = self._streams.setdefault(key, [])
-            stream.append((f"{n}-0", dict(fields)))
-            if maxlen is not None and len(stream) > maxlen:
-                del stream[: len(stream) - maxlen]
-            ids.append(f"{n}-0")
-        self._appended.set()
-        self._appended = asyncio.Event()
-        return ids
-
-
-class MemoryBus(_StatusMixin):
-    """A Bus on a MemoryBroker, with per-bus fault injection (``set_down``)."""
-
-    def __init__(self, broker: MemoryBroker) -> None:
-        self._broker = broker
-        self._init_status()
-        self._channels: dict[str, MessageHandler] = {}
-        self._patterns: dict[str, PatternHandler] = {}
-        self._down = False
-        self._started = False
-        self._closed = False
-        self._epoch = 0  # bumped on every loss: messages in flight are dropped
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def _up(self) -> bool:
-        return self._started and not self._closed and not self._down and not self._broker.down
-
-    def set_down(self, down: bool) -> None:
-        """Cut this bus alone off the broker (True) or reconnect it (False)."""
-        self._down = down
-        self._refresh()
-
-    def _refresh(self) -> None:
-        if self._closed or not self._started:
-            return
-        if self._up:
-            self._set_status(ConnectionStatus.CONNECTED)
-        elif self._status is not ConnectionStatus.RECONNECTING:
-            self._epoch += 1
-            self._set_status(ConnectionStatus.DISCONNECTED)
-            assert self._loop is not None
-            self._loop.call_soon(self._begin_reconnecting)
-
-    def _begin_reconnecting(self) -> None:
-        if self._started and not self._closed and not self._up:
-            self._set_status(ConnectionStatus.RECONNECTING)
-
-    async def start(self) -> None:
-        self._check_open()
-        if self._started:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._started = True
-        self._broker._buses.append(self)
-        self._refresh()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._epoch += 1
-        if self in self._broker._buses:
-            self._broker._buses.remove(self)
-        self._set_status(ConnectionStatus.DISCONNECTED)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BusClosed("the bus is closed")
-
-    def _check_up(self) -> None:
-        self._check_open()
-        if not self._up:
-            raise BusUnavailable(f"memory bus is not connected (status {self._status.value})")
-
-    async def subscribe(self, channel: str, handler: MessageHandler) -> None:
-        self._check_open()
-        self._channels[channel] = handler
-
-    async def psubscribe(self, pattern: str, handler: PatternHandler) -> None:
-        self._check_open()
-        self._patterns[pattern] = handler
-
-    async def unsubscribe(self, channel: str) -> None:
-        self._check_open()
-        self._channels.pop(channel, None)
-
-    async def publish(self, channel: str, data: bytes) -> int:
-        self._check_up()
-        return self._broker._publish(channel, bytes(data))
-
-    async def xadd_many(
-        self, entries: Sequence[tuple[str, Mapping[str, str | bytes]]], *, maxlen: int | None
-    ) -> list[str]:
-        self._check_up()
-        return self._broker._xadd_many(entries, maxlen)
-
-    async def xread(
-        self, streams: Mapping[str, str], *, block_ms: int, count: int
-    ) -> list[tuple[str, str, dict[str, str]]]:
-        self._check_up()
-        found = self._broker._entries_after(streams, count)
-        if found or block_ms <= 0:
-            return found
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(block_ms / 1000):
-                await self._broker._appended.wait()
-        self._check_up()
-        return self._broker._entries_after(streams, count)
-
-    async def stream_tail_id(self, key: str) -> str:
-        self._check_up()
-        return self._broker._tail_id(key)
-
-    async def channel_subscribers(self, channel: str) -> int:
-        self._check_up()
-        return sum(channel in bus._channels for bus in self._broker._buses if bus._up)
-
-    def _deliver(self, channel: str, data: bytes) -> int:
-        """Schedule delivery to this bus; return how many subscriptions matched."""
-        if not self._up:
-            return 0
-        assert self._loop is not None
-        count = 0
-        if channel in self._channels:
-            count += 1
-            self._loop.call_soon(self._on_message, self._epoch, channel, data)
-        for pattern in self._patterns:
-            if fnmatch.fnmatchcase(channel, pattern):
-                count += 1
-                self._loop.call_soon(self._on_pmessage, self._epoch, pattern, channel, data)
-        return count
-
-    def _on_message(self, epoch: int, channel: str, data: bytes) -> None:
-        handler = self._channels.get(channel)
-        if epoch == self._epoch and handler is not None:
-            self._call_handler(handler, channel, data)
-
-    def _on_pmessage(self, epoch: int, pattern: str, channel: str, data: bytes) -> None:
-        handler = self._patterns.get(pattern)
-        if epoch == self._epoch and handler is not None:
-            self._call_handler(handler, pattern, channel, data)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from procmond.actor import Identity, ProcmondMonitorCollector
-from procmond.bus import MemoryBroker, MemoryBus
 from procmond.collector import CollectorSettings, CycleResult, ProcessCollector, ProcessEvent
+from procmond.memory_bus import MemoryBroker, MemoryBus
 from procmond.pipeline import EventPipeline
 from procmond.registration import RegistrationManager, RegistrationSettings
 from procmond.rpc import RpcService

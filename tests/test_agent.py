@@ -28,8 +28,9 @@ from procmond.agent import (
     run_agent,
 )
 from procmond.agent_view import event_line, table_lines
-from procmond.bus import MemoryBroker, MemoryBus, RedisBus
+from procmond.bus import RedisBus
 from procmond.embedded import RedisServer
+from procmond.memory_bus import MemoryBroker, MemoryBus
 from procmond.schemas import HeartbeatFields
 
 # -- helpers -------------------------------------------------------------------

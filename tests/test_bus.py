@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -13,17 +14,18 @@ import redis.asyncio as aioredis
 from redis_fixtures import running_redis, unique_name
 
 import procmond.bus as bus_module
+import procmond.bus_types as bus_types
+import procmond.memory_bus as memory_bus
 from procmond.bus import (
     Bus,
     BusClosed,
     BusRefused,
     BusUnavailable,
     ConnectionStatus,
-    MemoryBroker,
-    MemoryBus,
     RedisBus,
 )
 from procmond.embedded import RedisServer
+from procmond.memory_bus import MemoryBroker, MemoryBus
 
 C = ConnectionStatus
 WAIT = 5.0  # generous bound for anything that should take milliseconds
@@ -515,11 +517,12 @@ def test_both_buses_satisfy_the_protocol() -> None:
         assert factory().status is C.DISCONNECTED
 
 
-def test_all_is_complete() -> None:
-    """Every public name defined in procmond.bus is exported in __all__."""
+@pytest.mark.parametrize("module", [bus_module, bus_types, memory_bus])
+def test_all_is_complete(module: ModuleType) -> None:
+    """Every public name defined in the bus modules is exported in their __all__."""
     public = {
         name
-        for name, value in vars(bus_module).items()
-        if not name.startswith("_") and getattr(value, "__module__", None) == bus_module.__name__
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
     }
-    assert public <= set(bus_module.__all__)
+    assert public <= set(module.__all__)

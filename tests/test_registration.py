@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from memory_harness import CID, Client, running_parts
 
-from procmond.bus import MemoryBus
+from procmond.memory_bus import MemoryBus
 from procmond.registration import (
     REGISTRATION_TOPIC,
     RegistrationFailed,
