@@ -22,17 +22,26 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
-from fsm import Facts, Lifecycle, Operation, Refusal, RefusalCode, State, Trigger
+from fsm import Facts, Lifecycle, Operation, Refusal, State, Trigger
 from procmond import __version__
 from procmond.collector import CollectorSettings, ProcessCollector
 from procmond.errors import Refused
 from procmond.health import HealthInputs, assess
+from procmond.messages import (
+    CollectTick,
+    GracefulShutdown,
+    HealthCheck,
+    Message,
+    Outcome,
+    UpdateConfig,
+    refusal_error,
+)
 from procmond.pipeline import EventPipeline
 from procmond.schemas import (
     CollectorConfig,
@@ -59,54 +68,6 @@ BACKPRESSURE_OFF_PERCENT: Final = 50.0
 BACKPRESSURE_FACTOR: Final = 4.0
 
 
-# -- messages -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """Ask for the health payload."""
-
-    operation: ClassVar[Operation] = Operation.HEALTH_CHECK
-
-
-@dataclass(frozen=True)
-class UpdateConfig:
-    """Change the configuration at the next cycle boundary."""
-
-    changes: Mapping[str, Any]
-    validate_only: bool = False
-    operation: ClassVar[Operation] = Operation.UPDATE_CONFIG
-
-
-@dataclass(frozen=True)
-class GracefulShutdown:
-    """Drain and leave."""
-
-    reason: str | None = None
-    timeout_s: float = 30.0
-    operation: ClassVar[Operation] = Operation.GRACEFUL_SHUTDOWN
-
-
-@dataclass(frozen=True)
-class CollectTick:
-    """Run a collection cycle now (unless one is running)."""
-
-    operation: ClassVar[Operation] = Operation.COLLECT_TICK
-
-
-Message = HealthCheck | UpdateConfig | GracefulShutdown | CollectTick
-
-
-@dataclass
-class Outcome:
-    """What a message's future resolves to: a payload or a refusal, with timings."""
-
-    payload: dict[str, Any] | None = None
-    error: Refused | None = None
-    queue_ms: float = 0.0
-    execution_ms: float = 0.0
-
-
 @dataclass
 class _Envelope:
     message: Message
@@ -114,13 +75,6 @@ class _Envelope:
     enqueued_at: float
     deadline: float | None
     started_at: float = field(default=0.0)
-
-
-def refusal_error(refusal: Refusal) -> Refused:
-    """The wire error for a lifecycle refusal (INVALID_STATE or SHUTTING_DOWN)."""
-    if refusal.code is RefusalCode.SHUTTING_DOWN:
-        return Refused.shutting_down(refusal.state.value, refusal.context())
-    return Refused.invalid_state(refusal.context())
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,14 @@ from contextlib import AsyncExitStack
 from typing import Final
 
 from fsm import Facts, Trigger
-from procmond.actor import GracefulShutdown, Identity, ProcmondMonitorCollector, collector_settings
+from procmond.actor import Identity, ProcmondMonitorCollector, collector_settings
 from procmond.bus import RedisBus
 from procmond.collector import ProcessCollector
 from procmond.config import EXIT_BAD_CONFIG, Settings
 from procmond.discovery import display_url
 from procmond.embedded import EmbeddedRedisError, RedisServer
 from procmond.errors import StartupError
+from procmond.messages import GracefulShutdown
 from procmond.pipeline import EventPipeline
 from procmond.registration import RegistrationManager, RegistrationSettings
 from procmond.rpc import RpcService

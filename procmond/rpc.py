@@ -27,17 +27,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from procmond.actor import (
+from procmond.actor import ProcmondMonitorCollector
+from procmond.bus import Bus, BusError
+from procmond.errors import Refused
+from procmond.messages import (
     CollectTick,
     GracefulShutdown,
     HealthCheck,
     Message,
     Outcome,
-    ProcmondMonitorCollector,
     UpdateConfig,
 )
-from procmond.bus import Bus, BusError
-from procmond.errors import Refused
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
     MAX_MESSAGE_BYTES,

@@ -34,8 +34,8 @@ from memory_harness import CID, FakeCollector, Parts, make_ready, running_parts
 from reliability_support import record
 
 from fsm import Facts, State, Trigger, target
-from procmond.actor import CollectTick, UpdateConfig
 from procmond.collector import CycleResult, ProcessEvent
+from procmond.messages import CollectTick, UpdateConfig
 from procmond.registration import RegistrationSettings
 
 # -- deadlines (fault 6) ----------------------------------------------------------
