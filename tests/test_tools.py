@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from e2e_support import daemon, new_id, running_agent
+from e2e_support import churn_child, daemon, new_id, running_agent
 from redis.asyncio import Redis
 
 from procmond.agent import Agent, AgentEvent, EventKind, Tracker
@@ -187,14 +187,22 @@ async def test_watch_prints_control_messages_and_events(
         async with running_agent(url, heartbeat_interval_ms=200) as agent:
             with daemon(tmp_path, url, cid):
                 await agent.wait_for_state(cid, "ready", timeout=15)
+                # watch tails the streams from their end as it connects (maybe after
+                # the baseline): once it shows a heartbeat it is connected, and a
+                # child started then is news it must show.
                 async with asyncio.timeout(20):
-                    while not (seen_heartbeat and seen_event):
+                    while not seen_heartbeat:
                         line = json.loads(await watcher.stdout.readline())
-                        topic = line["topic"]
-                        if topic == f"control.health.heartbeat.{cid}":
+                        if line["topic"] == f"control.health.heartbeat.{cid}":
                             seen_heartbeat = line["message"]["collector_id"] == cid
-                        elif topic.startswith("events.process.") and line["collector_id"] == cid:
-                            seen_event = isinstance(line["event"], dict)
+                with churn_child(f"watch-{cid}"):
+                    async with asyncio.timeout(20):
+                        while not seen_event:
+                            line = json.loads(await watcher.stdout.readline())
+                            if line["topic"].startswith("events.process.") and (
+                                line["collector_id"] == cid
+                            ):
+                                seen_event = f"watch-{cid}" in line["event"]["cmdline"]
     finally:
         watcher.send_signal(signal.SIGINT)
         async with asyncio.timeout(10):
