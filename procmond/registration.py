@@ -391,16 +391,15 @@ class RegistrationManager:
     async def send_heartbeat(self) -> None:
         """Publish one heartbeat; its number is used even if the bus is down."""
         self.heartbeat_sequence += 1
-        status, reasons = self._actor.health_verdict()
-        health = self._actor.health()
+        health = self._actor.health()  # one assessment: status, reasons and metrics agree
         heartbeat = Heartbeat(
             collector_id=self._collector_id,
             boot_id=self._boot_id,
             sequence=self.heartbeat_sequence,
             timestamp=datetime.now(UTC),
-            state=self._actor.state.value,
-            health_status=status,
-            reasons=reasons,
+            state=health.state,
+            health_status=health.status,
+            reasons=health.reasons,
             metrics=HeartbeatMetrics(
                 processes_collected=health.metrics.processes_collected,
                 events_published=health.metrics.events_published,
