@@ -31,7 +31,10 @@ until one succeeds (failed attempts do not flicker the status), then
 ``Connected``. ``close()`` ends in ``Disconnected``. Listeners hear every change.
 
 Invariant: whenever the status is ``Connected``, every subscription registered
-before that moment has been confirmed by the server. ``subscribe()`` while
+before that moment has been confirmed by the server. Messages that arrive
+during the handshake (a channel confirmed, the PING not yet answered) are held
+and handed over, in order, right after ``Connected`` is reported, so a handler
+never sees a message while the bus still says it is not connected. ``subscribe()`` while
 connected returns after the confirmation; while not connected it only
 registers, and the subscription is confirmed before the next ``Connected``.
 
@@ -97,6 +100,10 @@ COMMAND_CONNECTIONS: Final = 16
 # Reconnect backoff of the pub/sub supervisor: first retry after ~0.1 s, then
 # doubling with full jitter up to reconnect_max_delay.
 RECONNECT_BASE: Final = 0.05
+# Messages held during a handshake (one PING round trip, at most
+# liveness_timeout). Beyond this a flood is dispatched as it comes, so memory
+# stays bounded; the RPC service has its own bounds after that.
+MAX_HELD_MESSAGES: Final = 10_000
 
 
 class _ConnectionLostError(Exception):
@@ -162,6 +169,8 @@ class RedisBus(_StatusMixin):
         self._pubsub: PubSub | None = None
         self._lost: asyncio.Future[BaseException] | None = None
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        #: Messages received during the handshake, dispatched once Connected.
+        self._held: list[dict[str, Any]] | None = None
         self._last_rx = 0.0
         self._had_session = False
         self._task: asyncio.Task[None] | None = None
@@ -254,6 +263,7 @@ class RedisBus(_StatusMixin):
                 await pubsub.connect()  # type: ignore[no-untyped-call]
             self._pubsub = pubsub
             self._last_rx = loop.time()
+            self._held = []
             reader = asyncio.create_task(self._read(pubsub, lost), name=f"{self._name}-bus-reader")
             async with asyncio.timeout(self._timeout):
                 await self._handshake(pubsub, lost, stop)
@@ -262,12 +272,14 @@ class RedisBus(_StatusMixin):
             # attempt); the first loss after a success is news and is always logged.
             self._log.reset("lost")
             self._set_status(ConnectionStatus.CONNECTED)
+            self._release_held()
             await self._watch(pubsub, lost, stop)
         finally:
             self._pubsub = None
             self._lost = None
             if self._status is ConnectionStatus.CONNECTED:
                 self._set_status(ConnectionStatus.DISCONNECTED)
+            self._release_held()  # a handshake that failed: they were received all the same
             self._release_waiters()
             if reader is not None:
                 await _cancel_and_wait(reader)
@@ -313,8 +325,17 @@ class RedisBus(_StatusMixin):
             if not lost.done():
                 lost.set_result(exc)
 
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        for message in held or ():
+            self._dispatch(message)
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = _text(message["type"])
+        held = self._held
+        if kind in ("message", "pmessage") and held is not None and len(held) < MAX_HELD_MESSAGES:
+            held.append(message)
+            return
         if kind == "message":
             channel = _text(message["channel"])
             handler = self._channels.get(channel)

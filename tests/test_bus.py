@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis_fixtures import running_redis, unique_name
 
@@ -105,6 +107,66 @@ async def test_subscribe_returns_after_the_server_confirmed(redis_server: RedisS
             await sub.subscribe(name, inbox.on_message)
             assert await pub.publish(name, b"x") == 1
         assert len({(await inbox.get())[0] for _ in range(20)}) == 20
+
+
+class _StatusAtDelivery:
+    """Records the bus status each message is delivered under."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self.bus = bus
+        self.seen: list[tuple[ConnectionStatus, int]] = []
+        self.first = asyncio.Event()
+
+    def on_message(self, _channel: str, data: bytes) -> None:
+        self.seen.append((self.bus.status, int(data)))
+        self.first.set()
+
+
+@pytest.mark.redis
+async def test_messages_arriving_during_the_handshake_wait_for_connected(
+    redis_server: RedisServer,
+) -> None:
+    """A handler never runs while the bus still says it is not connected.
+
+    A thread floods the channel while the bus connects, so messages arrive
+    between the subscribe confirmation and the handshake's PONG; they are held
+    and handed over, in publish order, once ``Connected`` is reported.
+    """
+    channel = unique_name()
+    stop = threading.Event()
+    flooding = threading.Event()
+
+    def flood() -> None:
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            n = 0
+            while not stop.is_set():
+                client.publish(channel, str(n).encode())
+                n += 1
+                flooding.set()
+        finally:
+            client.close()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        assert await asyncio.to_thread(flooding.wait, WAIT)
+        for _ in range(5):
+            bus = RedisBus(redis_server.url)
+            recorder = _StatusAtDelivery(bus)
+            await bus.subscribe(channel, recorder.on_message)
+            await bus.start()
+            try:
+                async with asyncio.timeout(WAIT):
+                    await recorder.first.wait()
+            finally:
+                await bus.close()
+            assert {status for status, _ in recorder.seen} == {C.CONNECTED}
+            numbers = [n for _, n in recorder.seen]
+            assert numbers == sorted(numbers)
+    finally:
+        stop.set()
+        await asyncio.to_thread(flooder.join, WAIT)
 
 
 @pytest.mark.redis
