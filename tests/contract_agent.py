@@ -38,6 +38,10 @@ STREAMS = ("events.process.start", "events.process.stop", "events.process.modify
 RegisterMode = Literal["accept", "reject", "ignore"]
 
 
+class NotListeningError(Exception):
+    """PUBLISH reached nobody: the collector is not subscribed to its topic (yet)."""
+
+
 def rfc3339(moment: datetime) -> str:
     """The protocol's timestamp spelling."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -329,17 +333,32 @@ class ContractAgent:
     async def call_raw(
         self, collector_id: str, data: bytes, request_id: str, *, timeout: float = 10.0
     ) -> dict[str, Any]:
-        """Publish raw bytes and await the response carrying ``request_id``."""
+        """Publish raw bytes and await the response carrying ``request_id``.
+
+        A request that reached no subscriber is lost (pub/sub keeps nothing):
+        that raises :class:`NotListeningError` at once instead of waiting out the
+        timeout, as the protocol's clients do.
+        """
         async with asyncio.timeout(timeout):
             await self.subscribed.wait()  # the reply topic is subscribed before we publish
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            await self.publish_raw(collector_id, data)
+            if await self.publish_raw(collector_id, data) == 0:
+                raise NotListeningError(f"nobody subscribed to control.collector.{collector_id}")
             async with asyncio.timeout(timeout):
                 return await future
         finally:
             self._waiting.pop(request_id, None)
+
+    async def wait_listening(self, collector_id: str, *, timeout: float = 10.0) -> None:
+        """Readiness: wait until the collector is subscribed to its request topic."""
+        topic = f"control.collector.{collector_id}"
+        async with asyncio.timeout(timeout):
+            while True:  # Redis announces no subscription: ask until it is there
+                if (await self.redis.pubsub_numsub(topic))[0][1] > 0:
+                    return
+                await asyncio.sleep(0.02)
 
     async def publish_raw(self, collector_id: str, data: bytes) -> int:
         """Publish bytes on the collector's request topic; returns the receiver count."""

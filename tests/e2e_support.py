@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from contract_agent import ContractAgent, RegisterMode
+from contract_agent import ContractAgent, NotListeningError, RegisterMode
 from daemon_process import DaemonProcess
 
 T = TypeVar("T")
@@ -134,12 +134,21 @@ async def poll(
     timeout: float,
     every: float = 0.1,
 ) -> T:
-    """Call ``probe`` until ``ok(result)``; bounded by ``timeout`` (TimeoutError)."""
+    """Call ``probe`` until ``ok(result)``; bounded by ``timeout`` (TimeoutError).
+
+    A probe that found the collector not subscribed yet (:class:`NotListeningError`,
+    e.g. while it reconnects) counts as "not yet", like a result that is not ok.
+    """
     deadline = time.monotonic() + timeout
+    value: T | NotListeningError
     while True:
-        value = await probe()
-        if ok(value):
-            return value
+        try:
+            value = await probe()
+        except NotListeningError as exc:
+            value = exc
+        else:
+            if ok(value):
+                return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s; last value {value!r}")
         await asyncio.sleep(every)

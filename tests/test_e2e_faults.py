@@ -202,6 +202,7 @@ async def test_embedded_default_redis_answers_health_check(tmp_path: Path) -> No
         assert url_file.read_text().strip() == url
         await proc.wait_for_output("using Redis at", timeout=10)
         async with running_agent(url) as agent:
+            await agent.wait_listening(cid, timeout=20)
             health = await poll(
                 lambda: agent.call(cid, "HealthCheck", None, timeout=3),
                 lambda h: h["status"] == "Success",
