@@ -46,6 +46,15 @@ next seq is pushed past the most frames that could fit there: a gap in seqs
 (reported downstream as lost events, which they are) is safe, reusing a seq
 that may already have been published is not.
 
+Write failures (``ENOSPC``, ``EROFS``, ``EIO``) raise :class:`WalError` and
+leave the log as it was before the call: a partial frame is truncated away,
+a segment created for the call is removed. When the file system refuses even
+that (read-only), the repair is remembered and retried before the next write,
+and every write raises until it succeeds; nothing is ever appended after a
+partial frame, so a later replay cannot lose events behind one. Deleting an
+acknowledged segment that the file system refuses is retried at the next
+acknowledgement (it only costs space).
+
 A ``WriteAheadLog`` is not thread-safe: it has one owner, which calls it from
 one thread (or one asyncio task, through ``asyncio.to_thread`` if it must not
 block the loop). Two processes cannot share a directory: an exclusive
@@ -54,6 +63,7 @@ block the loop). Two processes cannot share a directory: an exclusive
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -249,10 +259,23 @@ def _scan(data: bytes, base: int) -> _Scan:
     return _Scan(records, max_ack, off, None, torn=False)
 
 
+class _PartialWriteError(OSError):
+    """A write failed after ``written`` bytes went to the file."""
+
+    def __init__(self, cause: OSError, written: int) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.written = written
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
+    done = 0
     while view:
-        written = os.write(fd, view)
+        try:
+            written = os.write(fd, view)
+        except OSError as exc:
+            raise _PartialWriteError(exc, done) from exc
+        done += written
         view = view[written:]
 
 
@@ -279,6 +302,10 @@ class WriteAheadLog:
         self._fd = -1  # the current (last) segment, opened for appending
         self._unsynced: list[Path] = []  # earlier segments written since the last sync()
         self._dir_dirty = False
+        #: Why the files on disk differ from this object's idea of them (a failed
+        #: write that could not be undone); cleared by _repair() before the next write.
+        self._damage: str | None = None
+        self._orphans: list[Path] = []  # segments created by a failed append, to delete
         self._next_seq = 1
         self._acked = 0
         self._persisted_ack = 0
@@ -411,7 +438,11 @@ class WriteAheadLog:
         return [r for r in records if r.seq > self._acked]
 
     def close(self) -> None:
-        """Sync and release the files and the lock; safe to call twice."""
+        """Sync and release the files and the lock; safe to call twice.
+
+        The files and the lock are released even when the sync fails (the
+        :class:`WalError` is raised after that).
+        """
         if self._closed:
             return
         try:
@@ -419,11 +450,11 @@ class WriteAheadLog:
                 self.sync()
         finally:
             self._closed = True
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            os.close(self._dir_fd)
-            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+            for fd in (self._fd, self._dir_fd, self._lock_fd):  # the last releases the flock
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd = -1
 
     def __enter__(self) -> Self:
         return self
@@ -442,11 +473,14 @@ class WriteAheadLog:
         """Give each payload the next seq and write it (not yet fsynced; see :meth:`sync`).
 
         Raises :class:`WalFullError`, writing nothing, if the records would
-        push :attr:`bytes_used` past :attr:`max_total_bytes`.
+        push :attr:`bytes_used` past :attr:`max_total_bytes`, and
+        :class:`WalError` if the file system refuses the write (nothing of it
+        is kept).
         """
         self._require_open()
         if not payloads:
             return []
+        self._repair()
         limit = self._segment_bytes
         cur = self._segments[-1]
         size = cur.size
@@ -485,27 +519,34 @@ class WriteAheadLog:
         return records
 
     def sync(self) -> None:
-        """Make everything appended and acknowledged so far survive a machine crash."""
+        """Make everything appended and acknowledged so far survive a machine crash.
+
+        Raises :class:`WalError` when the file system fails the write or the fsync.
+        """
         self._require_open()
+        self._repair()
         if self._acked > self._persisted_ack:
             # Ack frames are tiny and at most one per sync(), so they skip the size cap.
             frame = _frame(_KIND_ACK, self._acked, b"")
             self._write_current(frame)
             self._persisted_ack = self._acked
-        for path in self._unsynced:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # deleted after its events were acknowledged
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._unsynced.clear()
-        os.fsync(self._fd)
-        if self._dir_dirty:
-            os.fsync(self._dir_fd)
-            self._dir_dirty = False
+        try:
+            for path in self._unsynced:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # deleted after its events were acknowledged
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._unsynced.clear()
+            os.fsync(self._fd)
+            if self._dir_dirty:
+                os.fsync(self._dir_fd)
+                self._dir_dirty = False
+        except OSError as exc:
+            raise WalError(f"fsync of the write-ahead log failed: {exc}") from exc
 
     def ack_through(self, seq: int) -> None:
         """Acknowledge every event up to ``seq`` and delete segments no longer needed.
@@ -554,9 +595,13 @@ class WriteAheadLog:
         fd = os.open(path, flags, 0o600)
         try:
             _write_all(fd, _segment_header(base))
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                self._orphans.append(path)
+                self._damage = f"creating {path} failed: {exc}"
             raise
         if self._fd >= 0:
             self._unsynced.append(self._segments[-1].path)
@@ -570,11 +615,37 @@ class WriteAheadLog:
         seg = self._segments[-1]
         try:
             _write_all(self._fd, data)
-        except OSError as exc:
-            os.ftruncate(self._fd, seg.size)  # leave no half frame behind
+        except _PartialWriteError as exc:
+            if exc.written:
+                self._truncate_current(f"writing {seg.path} failed: {exc}")
             raise WalError(f"writing {seg.path} failed: {exc}") from exc
         seg.size += len(data)
         self._bytes_used += len(data)
+
+    def _truncate_current(self, why: str) -> None:
+        """Cut the current segment back to its known size, or remember that it must be."""
+        try:
+            os.ftruncate(self._fd, self._segments[-1].size)  # leave no half frame behind
+        except OSError as exc:
+            self._damage = f"{why}; cutting the partial write away failed: {exc}"
+
+    def _repair(self) -> None:
+        """Bring the files back in line with this object after a failed write, or raise."""
+        if self._damage is None:
+            return
+        seg = self._segments[-1]
+        try:
+            for orphan in list(self._orphans):
+                orphan.unlink(missing_ok=True)
+                self._orphans.remove(orphan)
+                self._dir_dirty = True
+            if self._fd < 0:
+                self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            os.ftruncate(self._fd, seg.size)
+        except OSError as exc:
+            raise WalError(f"write-ahead log unusable: {self._damage} (still: {exc})") from exc
+        _log.warning("wal: repaired after a failed write (%s)", self._damage)
+        self._damage = None
 
     def _write_batches(self, batches: list[_Batch]) -> None:
         """Write each batch to its segment, creating segments as needed; all or nothing."""
@@ -595,27 +666,46 @@ class WriteAheadLog:
             raise WalError(f"appending to the write-ahead log failed: {exc}") from exc
 
     def _undo(self, first_new: int, path: Path, size: int, last: int, unsynced: int) -> None:
+        """Forget what a failed append wrote; what the disk refuses to undo is left to _repair."""
+        rotated = len(self._segments) > first_new
         for seg in self._segments[first_new:]:
-            seg.path.unlink(missing_ok=True)
             self._bytes_used -= seg.size
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError as exc:
+                self._orphans.append(seg.path)
+                self._damage = f"removing {seg.path} after a failed write failed: {exc}"
         del self._segments[first_new:]
         del self._unsynced[unsynced:]
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        os.ftruncate(self._fd, size)
         seg = self._segments[-1]
         self._bytes_used -= seg.size - size
+        grew = seg.size != size
         seg.size = size
         seg.last = last
-        self._dir_dirty = True
+        if rotated:
+            self._dir_dirty = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                self._damage = f"reopening {path} after a failed write failed: {exc}"
+                return
+        if rotated or grew:
+            self._truncate_current(f"undoing a failed write to {path}")
 
     def _prune(self) -> None:
         """Delete leading segments whose every seq is acknowledged (never the current one)."""
         segs = self._segments
         while len(segs) > 1 and segs[1].base - 1 <= self._acked:
-            seg = segs.pop(0)
-            seg.path.unlink(missing_ok=True)
+            seg = segs[0]
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError as exc:  # read-only: try again at the next acknowledgement
+                _log.debug("wal: cannot delete acknowledged %s yet: %s", seg.path, exc)
+                return
+            segs.pop(0)
             self._bytes_used -= seg.size
             self._dir_dirty = True
             if seg.path in self._unsynced:
