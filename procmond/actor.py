@@ -54,6 +54,7 @@ from procmond.schemas import (
     apply_config_changes,
     changed_fields,
 )
+from procmond.wal import WalError
 
 log = logging.getLogger("procmond.actor")
 
@@ -94,6 +95,8 @@ class DrainReport:
 
     reason: str
     result: ShutdownResult
+    #: Events seen but never written to the log (it refused them): lost at exit.
+    unlogged: int = 0
 
 
 class ProcmondMonitorCollector:
@@ -480,7 +483,7 @@ class ProcmondMonitorCollector:
             )
         try:
             await self._pipeline.sync()
-        except OSError as exc:
+        except WalError as exc:
             log.error("could not sync the write-ahead log during drain: %s", exc)
         result = ShutdownResult(
             events_flushed=self._pipeline.events_published - published_before,
@@ -508,7 +511,7 @@ class ProcmondMonitorCollector:
                 )
             )
         if not self.drained.done():
-            self.drained.set_result(DrainReport(reason, result))
+            self.drained.set_result(DrainReport(reason, result, self._pipeline.unlogged))
 
     # -- health -----------------------------------------------------------
 

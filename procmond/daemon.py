@@ -196,10 +196,11 @@ class Daemon:
             flusher.cancel()
             if watchdog is not None:
                 watchdog.cancel()
+        lost = f"; {report.unlogged} events lost (the log refused them)" if report.unlogged else ""
         _say(
-            f"{'exited cleanly' if self.exit_code == EXIT_OK else 'exiting'}: "
+            f"{'exited cleanly' if self.exit_code == EXIT_OK and not lost else 'exiting'}: "
             f"{report.result.events_flushed} events flushed, "
-            f"{report.result.wal_pending} left in the log"
+            f"{report.result.wal_pending} left in the log{lost}"
         )
 
     def _give_up(self, why: str) -> None:

@@ -210,10 +210,10 @@ class EventPipeline:
         if entries:
             try:
                 self._wal.sync()
-            except OSError as exc:
+            except WalError as exc:
                 # Written (the kernel has them, a process crash keeps them) but not
                 # known to be on disk: queue them anyway and report the failure.
-                error = f"fsync failed: {exc}"
+                error = str(exc)
         return entries, error
 
     def _append(self, events: Sequence[ProcessEvent]) -> list[_Entry]:
@@ -289,7 +289,7 @@ class EventPipeline:
         return True
 
     async def sync(self) -> None:
-        """fsync the log (acknowledgements included)."""
+        """fsync the log (acknowledgements included); :class:`WalError` if that fails."""
         await asyncio.get_running_loop().run_in_executor(self._wal_thread, self._wal.sync)
 
     async def close(self) -> None:
@@ -299,5 +299,7 @@ class EventPipeline:
         self._wal_thread.shutdown(wait=True)
 
     def _close_wal(self) -> None:
-        self._wal.sync()
-        self._wal.close()
+        try:
+            self._wal.close()  # syncs first; releases the files and the lock either way
+        except WalError as exc:
+            log.error("write-ahead log not synced at exit: %s", exc)
