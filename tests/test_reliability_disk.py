@@ -66,6 +66,17 @@ def log_reasons(health: dict[str, Any]) -> list[str]:
     return [r for r in health["reasons"] if "write-ahead log" in r]
 
 
+async def unhealthy_because_of_the_log(calls: Requests, cid: str) -> tuple[dict[str, Any], str]:
+    """Wait (bounded) for HealthCheck to say Unhealthy because of the log; (health, reason)."""
+    health = await poll(
+        lambda: calls.health(cid),
+        lambda h: h["status"] == "Unhealthy" and bool(log_reasons(h)),
+        timeout=30,
+        every=0.2,
+    )
+    return health, log_reasons(health)[0]
+
+
 def started_with(entries: list[dict[str, Any]], marker: str) -> int:
     return sum(
         1
@@ -95,13 +106,7 @@ async def test_write_ahead_log_on_a_full_disk_is_unhealthy_then_recovers(
                     await redis.config_set("maxmemory", "1")  # every XADD refused (OOM)
                     big = children(marker, 12, "x" * 60_000)  # ~720 kB of events
                     try:
-                        full = await poll(
-                            lambda: calls.health(cid),
-                            lambda h: h["status"] == "Unhealthy" and bool(log_reasons(h)),
-                            timeout=30,
-                            every=0.2,
-                        )
-                        reason = log_reasons(full)[0]
+                        _, reason = await unhealthy_because_of_the_log(calls, cid)
                         assert "No space left on device" in reason, reason
                         assert proc.returncode is None
                         remount(wal_mount, "size=64m")
@@ -198,13 +203,7 @@ async def test_write_ahead_log_on_a_file_system_gone_read_only(
                     await calls.caught_up(cid)
                     fail_file_system(wal_mount)
                     held = children(marker, 5)
-                    stuck = await poll(
-                        lambda: calls.health(cid),
-                        lambda h: h["status"] == "Unhealthy" and bool(log_reasons(h)),
-                        timeout=30,
-                        every=0.2,
-                    )
-                    reason = log_reasons(stuck)[0]
+                    stuck, reason = await unhealthy_because_of_the_log(calls, cid)
                     assert "Read-only file system" in reason, reason
                     # Still alive and answering, cycle after cycle.
                     errors = stuck["metrics"]["collection_errors"]
