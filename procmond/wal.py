@@ -8,19 +8,8 @@ never reused, continuing across restarts). The daemon appends an event here
 :meth:`WriteAheadLog.ack_through` once Redis has stored it. Events are
 published in seq order, so an acknowledgement is a watermark.
 
-On disk the log is a directory (mode 0700) of segment files (mode 0600) named
-by the seq of their first record, ``wal-00000000000000000001.log``, so that
-names sort in log order. A segment is a 20-byte header followed by frames::
-
-    segment header  magic b"PMWAL\\x00v1" (8) | base seq u64 | crc32 of both u32
-    frame           length u32 | kind u8 | seq u64 | crc32(payload) u32
-                    | crc32 of the previous 17 bytes u32 | payload (length bytes)
-
-All integers are little-endian. ``kind`` 1 is an event (``seq`` is its number;
-within a segment they run base, base+1, ...); ``kind`` 2 is an acknowledgement
-watermark (``seq`` is the highest acknowledged number, the payload is empty).
-The frame header has its own checksum so that a damaged ``length`` is caught
-instead of being read as a torn tail.
+On disk the log is a directory (mode 0700) of segment files (mode 0600);
+their byte format, and the reading of it, is :mod:`procmond.wal_format`.
 
 Writes go straight to the kernel (``os.write``), so a crash of the process
 loses nothing; :meth:`WriteAheadLog.sync` makes them survive a crash of the
@@ -67,14 +56,32 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
-import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+
+from procmond.wal_format import (
+    DEFAULT_SEGMENT_BYTES,
+    FRAME_HEAD,
+    FRAME_OVERHEAD,
+    KIND_ACK,
+    KIND_DATA,
+    MAX_PAYLOAD,
+    NAME_RE,
+    SEGMENT_HEADER_SIZE,
+    U32,
+    PartialWriteError,
+    WalRecord,
+    default_segment_bytes,
+    frame,
+    scan,
+    segment_header,
+    segment_name,
+    write_all,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
@@ -94,16 +101,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_MAGIC: Final = b"PMWAL\x00v1"
-_SEG_HEAD: Final = struct.Struct("<8sQ")
-_FRAME_HEAD: Final = struct.Struct("<IBQI")
-_U32: Final = struct.Struct("<I")
-SEGMENT_HEADER_SIZE: Final = _SEG_HEAD.size + _U32.size  # 20 bytes
-FRAME_OVERHEAD: Final = _FRAME_HEAD.size + _U32.size  # 21 bytes before each payload
-_KIND_DATA: Final = 1
-_KIND_ACK: Final = 2
-_MAX_PAYLOAD: Final = 0xFFFFFFFF  # the length field is a u32
-_NAME_RE: Final = re.compile(r"^wal-(\d{20})\.log$")
 LOCK_NAME: Final = "wal.lock"
 
 
@@ -151,45 +148,6 @@ class WalClosedError(WalError):
     """The log was used before :meth:`WriteAheadLog.open` or after ``close()``."""
 
 
-@dataclass(frozen=True, slots=True)
-class WalRecord:
-    """One event of the log: its sequence number and its opaque payload."""
-
-    seq: int
-    payload: bytes
-
-
-#: Segment size when the caller names none: 8 MiB, but at most an eighth of the
-#: size cap. Only whole segments are freed, and never the one being written, so
-#: a log of one or two segments could be full of acknowledged events and still
-#: refuse every append; with eight, acknowledging frees room within a segment.
-DEFAULT_SEGMENT_BYTES: Final = 8 * 1024 * 1024
-_SEGMENTS_PER_CAP: Final = 8
-
-
-def default_segment_bytes(max_total_bytes: int) -> int:
-    """The segment size used for a log capped at ``max_total_bytes``."""
-    return max(
-        SEGMENT_HEADER_SIZE + FRAME_OVERHEAD + 1,
-        min(DEFAULT_SEGMENT_BYTES, max_total_bytes // _SEGMENTS_PER_CAP),
-    )
-
-
-def segment_name(base: int) -> str:
-    """Return the file name of the segment whose first seq is ``base``."""
-    return f"wal-{base:020d}.log"
-
-
-def _segment_header(base: int) -> bytes:
-    head = _SEG_HEAD.pack(_MAGIC, base)
-    return head + _U32.pack(zlib.crc32(head))
-
-
-def _frame(kind: int, seq: int, payload: bytes) -> bytes:
-    head = _FRAME_HEAD.pack(len(payload), kind, seq, zlib.crc32(payload))
-    return head + _U32.pack(zlib.crc32(head)) + payload
-
-
 @dataclass(slots=True)
 class _Segment:
     base: int  # first seq; events readable from it are base..last
@@ -203,80 +161,6 @@ class _Batch:
     base: int  # the segment the parts go to
     parts: list[bytes]
     last: int  # the seq of the last event in parts
-
-
-@dataclass(slots=True)
-class _Scan:
-    records: list[WalRecord]
-    max_ack: int
-    end: int  # offset just past the last good frame
-    problem: str | None
-    torn: bool  # the problem looks like an interrupted final write
-
-
-def _scan(data: bytes, base: int) -> _Scan:
-    """Parse one segment's bytes; stop at the first bad frame and say why."""
-    size = len(data)
-    if size < SEGMENT_HEADER_SIZE:
-        return _Scan([], 0, 0, "segment header cut short", torn=True)
-    magic, head_base = _SEG_HEAD.unpack_from(data, 0)
-    (head_crc,) = _U32.unpack_from(data, _SEG_HEAD.size)
-    if magic != _MAGIC or head_crc != zlib.crc32(data[: _SEG_HEAD.size]) or head_base != base:
-        return _Scan([], 0, 0, "bad segment header", torn=False)
-    view = memoryview(data)
-    records: list[WalRecord] = []
-    max_ack = 0
-    expected = base
-    off = SEGMENT_HEADER_SIZE
-    head_size = _FRAME_HEAD.size
-    while off < size:
-        rest = size - off
-        if rest < FRAME_OVERHEAD:
-            return _Scan(records, max_ack, off, "frame header cut short", torn=True)
-        length, kind, seq, payload_crc = _FRAME_HEAD.unpack_from(data, off)
-        (frame_crc,) = _U32.unpack_from(data, off + head_size)
-        if frame_crc != zlib.crc32(view[off : off + head_size]):
-            # A header written only in part, followed by nothing, is a torn write.
-            zero_after = data.count(0, off + FRAME_OVERHEAD) == rest - FRAME_OVERHEAD
-            return _Scan(records, max_ack, off, "bad frame header checksum", torn=zero_after)
-        end = off + FRAME_OVERHEAD + length
-        if end > size:
-            return _Scan(records, max_ack, off, "frame cut short", torn=True)
-        payload = view[off + FRAME_OVERHEAD : end]
-        if zlib.crc32(payload) != payload_crc:
-            return _Scan(records, max_ack, off, "bad payload checksum", torn=end == size)
-        if kind == _KIND_DATA:
-            if seq != expected:
-                reason = f"seq {seq} where {expected} was expected"
-                return _Scan(records, max_ack, off, reason, torn=False)
-            records.append(WalRecord(seq, bytes(payload)))
-            expected += 1
-        elif kind == _KIND_ACK:
-            max_ack = max(max_ack, seq)
-        else:
-            return _Scan(records, max_ack, off, f"unknown frame kind {kind}", torn=False)
-        off = end
-    return _Scan(records, max_ack, off, None, torn=False)
-
-
-class _PartialWriteError(OSError):
-    """A write failed after ``written`` bytes went to the file."""
-
-    def __init__(self, cause: OSError, written: int) -> None:
-        super().__init__(cause.errno, cause.strerror)
-        self.written = written
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    done = 0
-    while view:
-        try:
-            written = os.write(fd, view)
-        except OSError as exc:
-            raise _PartialWriteError(exc, done) from exc
-        done += written
-        view = view[written:]
 
 
 class WriteAheadLog:
@@ -391,7 +275,7 @@ class WriteAheadLog:
         found = sorted(
             (int(m.group(1)), self._dir / name)
             for name in os.listdir(self._dir)
-            if (m := _NAME_RE.match(name))
+            if (m := NAME_RE.match(name))
         )
         records: list[WalRecord] = []
         acked = 0
@@ -400,24 +284,24 @@ class WriteAheadLog:
         for index, (base, path) in enumerate(found):
             is_last = index == len(found) - 1
             data = path.read_bytes()
-            scan = _scan(data, base)
-            records.extend(scan.records)
-            acked = max(acked, scan.max_ack)
-            last = scan.records[-1].seq if scan.records else base - 1
+            result = scan(data, base)
+            records.extend(result.records)
+            acked = max(acked, result.max_ack)
+            last = result.records[-1].seq if result.records else base - 1
             seg = _Segment(base, path, len(data), last)
             next_seq = max(next_seq, last + 1)
-            if scan.problem is None:
+            if result.problem is None:
                 reuse_last = is_last
-            elif is_last and scan.torn:
-                _log.info("wal: truncating torn tail of %s at byte %d", path, scan.end)
-                self._repair_torn(path, base, scan.end)
-                seg.size = max(scan.end, SEGMENT_HEADER_SIZE)
+            elif is_last and result.torn:
+                _log.info("wal: truncating torn tail of %s at byte %d", path, result.end)
+                self._repair_torn(path, base, result.end)
+                seg.size = max(result.end, SEGMENT_HEADER_SIZE)
                 reuse_last = True
             else:
-                self._report(WalCorruptError(path, scan.end, scan.problem))
+                self._report(WalCorruptError(path, result.end, result.problem))
                 if is_last:
                     # Unknown seqs may hide in the unreadable rest: skip past all of them.
-                    hidden = (len(data) - scan.end) // FRAME_OVERHEAD
+                    hidden = (len(data) - result.end) // FRAME_OVERHEAD
                     next_seq = max(next_seq, last + 1 + hidden, base + 1)
             if is_last and reuse_last:
                 next_seq = max(next_seq, base)
@@ -490,12 +374,12 @@ class WriteAheadLog:
         batches = [batch]
         records: list[WalRecord] = []
         total = 0
-        head_pack = _FRAME_HEAD.pack
-        u32_pack = _U32.pack
+        head_pack = FRAME_HEAD.pack
+        u32_pack = U32.pack
         crc32 = zlib.crc32
         for payload in payloads:
             length = len(payload)
-            if length > _MAX_PAYLOAD:
+            if length > MAX_PAYLOAD:
                 raise ValueError(f"payload of {length} bytes is too large for one record")
             need = FRAME_OVERHEAD + length
             if has_data and size + need > limit:
@@ -504,7 +388,7 @@ class WriteAheadLog:
                 batches.append(batch)
                 size = SEGMENT_HEADER_SIZE
                 total += SEGMENT_HEADER_SIZE
-            head = head_pack(length, _KIND_DATA, seq, crc32(payload))
+            head = head_pack(length, KIND_DATA, seq, crc32(payload))
             batch.parts += (head, u32_pack(crc32(head)), payload)
             batch.last = seq
             size += need
@@ -527,8 +411,7 @@ class WriteAheadLog:
         self._repair()
         if self._acked > self._persisted_ack:
             # Ack frames are tiny and at most one per sync(), so they skip the size cap.
-            frame = _frame(_KIND_ACK, self._acked, b"")
-            self._write_current(frame)
+            self._write_current(frame(KIND_ACK, self._acked, b""))
             self._persisted_ack = self._acked
         try:
             for path in self._unsynced:
@@ -582,7 +465,7 @@ class WriteAheadLog:
         try:
             if end < SEGMENT_HEADER_SIZE:
                 os.ftruncate(fd, 0)
-                _write_all(fd, _segment_header(base))
+                write_all(fd, segment_header(base))
             else:
                 os.ftruncate(fd, end)
             os.fsync(fd)
@@ -594,7 +477,7 @@ class WriteAheadLog:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
         try:
-            _write_all(fd, _segment_header(base))
+            write_all(fd, segment_header(base))
         except OSError as exc:
             os.close(fd)
             try:
@@ -614,8 +497,8 @@ class WriteAheadLog:
     def _write_current(self, data: bytes) -> None:
         seg = self._segments[-1]
         try:
-            _write_all(self._fd, data)
-        except _PartialWriteError as exc:
+            write_all(self._fd, data)
+        except PartialWriteError as exc:
             if exc.written:
                 self._truncate_current(f"writing {seg.path} failed: {exc}")
             raise WalError(f"writing {seg.path} failed: {exc}") from exc

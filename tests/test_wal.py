@@ -25,6 +25,7 @@ from procmond.wal import (
     WriteAheadLog,
     segment_name,
 )
+from procmond.wal_format import segment_header
 
 
 def crash(wal: WriteAheadLog) -> None:
@@ -131,7 +132,7 @@ def test_seq_continues_after_a_fresh_segment_without_events(tmp_path: Path) -> N
     wal.close()
     for name in segment_files(directory):
         os.unlink(directory / name)
-    (directory / segment_name(9)).write_bytes(wal_module._segment_header(9))
+    (directory / segment_name(9)).write_bytes(segment_header(9))
     wal, pending = reopen(directory, segment_bytes=256)
     assert (pending, wal.next_seq) == ([], 9)
     wal.close()
@@ -167,7 +168,7 @@ def test_torn_segment_header_is_rewritten(tmp_path: Path) -> None:
     """A last segment cut inside its header is recreated empty under its own base seq."""
     directory = tmp_path / "wal"
     directory.mkdir()
-    header = wal_module._segment_header(7)
+    header = segment_header(7)
     for cut in range(SEGMENT_HEADER_SIZE):
         (directory / segment_name(7)).write_bytes(header[:cut])
         wal, pending = reopen(directory)
