@@ -66,6 +66,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from procmond.agent_schemas import parse_deregister, parse_register
 from procmond.bus import Bus, BusError, ConnectionStatus, RedisBus
 from procmond.rpc import response_topic
 from procmond.schemas import (
@@ -78,8 +79,6 @@ from procmond.schemas import (
     RpcResponse,
     Status,
     loads_object,
-    parse_deregister,
-    parse_register,
     parse_request,
 )
 from procmond.tracker import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from procmond.schemas import HeartbeatFields, decode_heartbeat
+from procmond.agent_schemas import HeartbeatFields, decode_heartbeat
 
 __all__ = [
     "FAILED_MISSED",

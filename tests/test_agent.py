@@ -27,11 +27,11 @@ from procmond.agent import (
     Tracker,
     run_agent,
 )
+from procmond.agent_schemas import HeartbeatFields
 from procmond.agent_view import event_line, table_lines
 from procmond.bus import RedisBus
 from procmond.embedded import RedisServer
 from procmond.memory_bus import MemoryBroker, MemoryBus
-from procmond.schemas import HeartbeatFields
 
 # -- helpers -------------------------------------------------------------------
 

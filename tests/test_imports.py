@@ -46,7 +46,7 @@ FSM_FORBIDDEN_STDLIB = frozenset(
 OWNERS: dict[str, frozenset[str]] = {
     "redis": frozenset({"procmond/bus.py", "procmond/embedded.py"}),
     "psutil": frozenset({"procmond/collector.py"}),
-    "pydantic": frozenset({"procmond/schemas.py"}),
+    "pydantic": frozenset({"procmond/schemas.py", "procmond/agent_schemas.py"}),
     "click": frozenset({"procmond/cli.py"}),
     "graphviz": frozenset({"procmond/diagram.py"}),
 }
