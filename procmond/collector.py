@@ -66,6 +66,7 @@ import psutil
 from procmond.redact import redact_cmdline
 
 __all__ = [
+    "MAX_CMDLINE_BYTES",
     "CollectorSettings",
     "CycleResult",
     "EventType",
@@ -102,6 +103,11 @@ _NOTABLE_STATUS: Final[dict[str, str]] = {
     psutil.STATUS_STOPPED: "stopped",
     psutil.STATUS_TRACING_STOP: "stopped",
 }
+#: A command line is stored up to this many bytes (UTF-8, a byte per separator),
+#: then cut, with a last element saying how much was left out. Linux allows
+#: several MiB of arguments; uncut, one process could make an event bigger than
+#: the whole write-ahead log (1 MiB at the least) and pause collection for good.
+MAX_CMDLINE_BYTES: Final = 64 * 1024
 _HASH_CHUNK: Final = 1 << 20
 # Distinct executables on one host number in the hundreds; the bound only
 # keeps a pathological host (many rebuilt binaries) from growing it forever.
@@ -537,7 +543,8 @@ class ProcessCollector:
             long_name = os.path.basename(args[0])
             if long_name.startswith(name):
                 name = long_name
-        return name, exe, tuple(redact_cmdline(args))
+        # Redact first: a cut could split a secret from the flag that marks it.
+        return name, exe, bounded_cmdline(redact_cmdline(args))
 
     def _real_uid(self, pid: int, owner: int) -> int | None:
         """The real uid (what psutil's username() reports), from /proc/[pid]/status."""
@@ -595,6 +602,28 @@ class ProcessCollector:
 
 #: kthreadd: the parent of every kernel thread on Linux.
 _KTHREADD_PID: Final = 2
+
+
+def bounded_cmdline(args: list[str], limit: int = MAX_CMDLINE_BYTES) -> tuple[str, ...]:
+    """``args`` if they fit in ``limit`` bytes, else the head that fits plus a marker
+    ``"[N bytes truncated]"`` (N counts what was left out, separators included)."""
+    sizes = [len(arg.encode("utf-8", "surrogateescape")) + 1 for arg in args]
+    total = sum(sizes)
+    if total <= limit:
+        return tuple(args)
+    kept: list[str] = []
+    room = limit
+    for arg, size in zip(args, sizes, strict=True):
+        if size > room:
+            if room > 1:
+                head = arg.encode("utf-8", "surrogateescape")[: room - 1]
+                kept.append(head.decode("utf-8", "ignore"))
+            break
+        kept.append(arg)
+        room -= size
+    used = sum(len(arg.encode("utf-8", "surrogateescape")) + 1 for arg in kept)
+    kept.append(f"[{total - used} bytes truncated]")
+    return tuple(kept)
 
 
 def _is_kernel_thread(pid: int, ppid: int) -> bool:

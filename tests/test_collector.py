@@ -24,11 +24,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from procmond.collector import (
+    MAX_CMDLINE_BYTES,
     CollectorSettings,
     CycleResult,
     ProcessCollector,
     ProcessEvent,
     _rfc3339,
+    bounded_cmdline,
 )
 
 SECRET = "hunter2-s3cr3t"
@@ -404,3 +406,45 @@ def test_rfc3339_matches_datetime_formatting(epoch: float) -> None:
     """The cached-second formatter spells every instant exactly as datetime does."""
     expected = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert _rfc3339(epoch) == expected
+
+
+def _wire_bytes(args: tuple[str, ...] | list[str]) -> int:
+    return sum(len(a.encode("utf-8", "surrogateescape")) + 1 for a in args)
+
+
+@given(st.lists(st.text(max_size=40), max_size=30), st.integers(min_value=2, max_value=400))
+def test_bounded_cmdline_keeps_a_prefix_within_the_limit(args: list[str], limit: int) -> None:
+    """Short enough: unchanged. Too long: a prefix of the arguments (the last one maybe
+    cut) within the limit, then one marker counting exactly the bytes left out."""
+    out = bounded_cmdline(args, limit)
+    if _wire_bytes(args) <= limit:
+        assert out == tuple(args)
+        return
+    *kept, marker = out
+    assert _wire_bytes(kept) <= limit
+    left_out = int(re.fullmatch(r"\[(\d+) bytes truncated\]", marker).group(1))  # type: ignore[union-attr]
+    assert left_out == _wire_bytes(args) - _wire_bytes(kept)
+    for index, arg in enumerate(kept):
+        if index < len(kept) - 1:
+            assert arg == args[index]
+        else:
+            assert args[index].startswith(arg)
+
+
+def test_huge_command_line_is_cut_after_redaction() -> None:
+    """A real child with ~1 MiB of arguments (more than the smallest write-ahead log
+    holds) is reported with a command line of at most MAX_CMDLINE_BYTES plus the
+    marker; a secret at the cut is still redacted."""
+    collector = ProcessCollector()
+    collector.collect()
+    filler = ["y" * 100_000] * 10
+    edge = MAX_CMDLINE_BYTES - 2_000
+    args = ("a" * edge, "--password", SECRET, *filler)
+    with child(BLOCK_ON_STDIN, *args) as proc:
+        event = only_event(collector.collect(), proc.pid, "start")
+        end(proc)
+    assert SECRET not in json.dumps(event.to_wire())
+    assert "[REDACTED]" in event.cmdline
+    assert _wire_bytes(event.cmdline[:-1]) <= MAX_CMDLINE_BYTES
+    assert re.fullmatch(r"\[\d+ bytes truncated\]", event.cmdline[-1])
+    assert len(json.dumps(event.to_wire())) < MAX_CMDLINE_BYTES + 4096
