@@ -1,7 +1,8 @@
 """The collector actor: one task owns the collector's state.
 
 Everything that changes the collector goes through a bounded mailbox of
-messages, each with a future for its answer (the "oneshot"). Admission is
+messages (:mod:`procmond.mailbox`), each with a future for its answer (the
+"oneshot"). Admission is
 decided by :mod:`fsm`: a message the current lifecycle state does not accept
 is refused at once with the typed error of protocol section 4, and a full
 mailbox answers ``BUSY``; nothing ever blocks the caller. Accepted messages
@@ -19,12 +20,11 @@ When the actor stops, every message still queued is answered
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -33,6 +33,7 @@ from procmond import __version__
 from procmond.collector import CollectorSettings, ProcessCollector
 from procmond.errors import Refused
 from procmond.health import HealthInputs, assess
+from procmond.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
 from procmond.messages import (
     CollectTick,
     GracefulShutdown,
@@ -58,24 +59,11 @@ from procmond.wal import WalError
 
 log = logging.getLogger("procmond.actor")
 
-#: Issue 3: the mailbox holds 100 messages by default.
-DEFAULT_MAILBOX_SIZE: Final = 100
-#: Protocol section 4: BUSY tells the caller when to try again.
-BUSY_RETRY_AFTER_MS: Final = 100
 #: Backpressure (issue 3): above 70 % buffer the interval stretches by this
 #: factor, and returns below 50 %; at 100 % collection pauses.
 BACKPRESSURE_ON_PERCENT: Final = 70.0
 BACKPRESSURE_OFF_PERCENT: Final = 50.0
 BACKPRESSURE_FACTOR: Final = 4.0
-
-
-@dataclass
-class _Envelope:
-    message: Message
-    future: asyncio.Future[Outcome]
-    enqueued_at: float
-    deadline: float | None
-    started_at: float = field(default=0.0)
 
 
 @dataclass(frozen=True)
@@ -119,9 +107,7 @@ class ProcmondMonitorCollector:
         self._collector = collector
         self._pipeline = pipeline
         self._connection_status = connection_status
-        self._mailbox_size = mailbox_size
-        self._mailbox: collections.deque[_Envelope] = collections.deque()
-        self._mail = asyncio.Event()
+        self._mailbox = Mailbox(mailbox_size)
         self._listeners: list[Callable[[State, State, Trigger], None]] = []
         if on_state_change is not None:
             self._listeners.append(on_state_change)
@@ -148,10 +134,6 @@ class ProcmondMonitorCollector:
         self.wal_error: str | None = None
         self.heartbeats_sent = 0
         self.rpc_malformed_total = 0
-        self.busy_total = 0
-        #: The most messages the mailbox held when a request was admitted: at most
-        #: its size (the daemon's own priority ticks and signals are not bounded).
-        self.mailbox_high_water = 0
         self._backpressure = False
 
     # -- public: lifecycle --------------------------------------------------
@@ -195,6 +177,16 @@ class ProcmondMonitorCollector:
         """Messages waiting."""
         return len(self._mailbox)
 
+    @property
+    def mailbox_high_water(self) -> int:
+        """The most requests the mailbox held (at most its size)."""
+        return self._mailbox.high_water
+
+    @property
+    def busy_total(self) -> int:
+        """Requests answered BUSY because the mailbox was full."""
+        return self._mailbox.busy_total
+
     def offer(
         self, message: Message, *, deadline: float | None = None, priority: bool = False
     ) -> asyncio.Future[Outcome]:
@@ -209,30 +201,11 @@ class ProcmondMonitorCollector:
         admission = self.lifecycle.admit(message.operation)
         if isinstance(admission, Refusal):
             raise refusal_error(admission)
-        if not priority and len(self._mailbox) >= self._mailbox_size:
-            self.busy_total += 1
-            if self.busy_total == 1 or self.busy_total % 100 == 0:
-                log.warning(
-                    "mailbox full (%d messages): answering BUSY (%d so far)",
-                    self._mailbox_size,
-                    self.busy_total,
-                )
-            raise Refused.busy(BUSY_RETRY_AFTER_MS)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._mailbox.append(_Envelope(message, future, time.monotonic(), deadline))
-        if not priority:
-            self.mailbox_high_water = max(self.mailbox_high_water, len(self._mailbox))
-        self._mail.set()
-        return future
+        return self._mailbox.put(message, deadline=deadline, priority=priority)
 
     def withdraw(self, future: asyncio.Future[Outcome]) -> bool:
         """Take a still-queued message back (its caller gave up); False once it started."""
-        for envelope in self._mailbox:
-            if envelope.future is future:
-                self._mailbox.remove(envelope)
-                future.cancel()
-                return True
-        return False
+        return self._mailbox.withdraw(future)
 
     def tell(self, message: Message, *, priority: bool = False) -> bool:
         """Fire and forget; False when refused or full."""
@@ -259,12 +232,8 @@ class ProcmondMonitorCollector:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 tasks.create_task(self._ticker(), name="procmond-ticker")
-                while not self._stopped:
-                    if not self._mailbox:
-                        self._mail.clear()
-                        await self._mail.wait()
-                        continue
-                    await self._handle(self._mailbox.popleft())
+                while (envelope := await self._mailbox.get()) is not None:
+                    await self._handle(envelope)
                 raise _Stop
         except* _Stop:
             pass
@@ -275,20 +244,16 @@ class ProcmondMonitorCollector:
     def stop(self) -> None:
         """End the actor; queued messages are answered SHUTTING_DOWN."""
         self._stopped = True
-        self._mail.set()
+        self._mailbox.close()
 
     def _fail_pending(self) -> None:
-        while self._mailbox:
-            envelope = self._mailbox.popleft()
-            if not envelope.future.done():
-                error = Refused.shutting_down(
-                    self.state.value, {"operation": envelope.message.operation.value}
-                )
-                envelope.future.set_result(
-                    Outcome(error=error, queue_ms=_ms_since(envelope.enqueued_at))
-                )
+        self._mailbox.fail_all(
+            lambda envelope: Refused.shutting_down(
+                self.state.value, {"operation": envelope.message.operation.value}
+            )
+        )
 
-    async def _handle(self, envelope: _Envelope) -> None:
+    async def _handle(self, envelope: Envelope) -> None:
         now = time.monotonic()
         envelope.started_at = now
         queue_ms = (now - envelope.enqueued_at) * 1000
@@ -323,7 +288,7 @@ class ProcmondMonitorCollector:
             outcome.execution_ms = _ms_since(now)
             envelope.future.set_result(outcome)
 
-    async def _execute(self, envelope: _Envelope) -> dict[str, Any] | None:
+    async def _execute(self, envelope: Envelope) -> dict[str, Any] | None:
         message = envelope.message
         if isinstance(message, HealthCheck):
             return self.health().model_dump(mode="json")
@@ -449,14 +414,14 @@ class ProcmondMonitorCollector:
 
     # -- drain ----------------------------------------------------------------
 
-    def _begin_drain(self, message: GracefulShutdown, envelope: _Envelope) -> None:
+    def _begin_drain(self, message: GracefulShutdown, envelope: Envelope) -> None:
         self.fire(Trigger.SHUTDOWN_REQUESTED)
         reason = message.reason or "GracefulShutdown requested"
         self._drain = self._tasks.create_task(
             self._run_drain(reason, message.timeout_s, envelope), name="procmond-drain"
         )
 
-    async def _run_drain(self, reason: str, timeout_s: float, envelope: _Envelope) -> None:
+    async def _run_drain(self, reason: str, timeout_s: float, envelope: Envelope) -> None:
         started = time.monotonic()
         deadline = started + timeout_s
         published_before = self._pipeline.events_published
@@ -499,7 +464,7 @@ class ProcmondMonitorCollector:
             result.events_flushed,
             result.wal_pending,
             self.mailbox_high_water,
-            self._mailbox_size,
+            self._mailbox.size,
             self.busy_total,
         )
         if not envelope.future.done():

@@ -1,0 +1,114 @@
+"""The actor's mailbox: a bounded FIFO of messages, each with a future for its answer.
+
+The mailbox knows nothing of lifecycle states (admission is the actor's, from
+:mod:`fsm`); it only bounds, orders and accounts. A full mailbox refuses at
+once with ``BUSY`` (issue 3: nothing ever blocks the caller); ``priority``
+messages (the daemon's own ticks and signals) skip the bound, so a flood of
+requests cannot keep a SIGTERM out. A caller that gave up can take its
+message back while it still waits (:meth:`Mailbox.withdraw`). When the actor
+stops, :meth:`Mailbox.fail_all` answers everything still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from procmond.errors import Refused
+from procmond.messages import Message, Outcome
+
+__all__ = ["BUSY_RETRY_AFTER_MS", "DEFAULT_MAILBOX_SIZE", "Envelope", "Mailbox"]
+
+log = logging.getLogger("procmond.actor")
+
+#: Issue 3: the mailbox holds 100 messages by default.
+DEFAULT_MAILBOX_SIZE: Final = 100
+#: Protocol section 4: BUSY tells the caller when to try again.
+BUSY_RETRY_AFTER_MS: Final = 100
+
+
+@dataclass
+class Envelope:
+    """A queued message, its answer's future and its timings (``time.monotonic``)."""
+
+    message: Message
+    future: asyncio.Future[Outcome]
+    enqueued_at: float
+    deadline: float | None
+    started_at: float = field(default=0.0)
+
+
+class Mailbox:
+    """Bounded FIFO of :class:`Envelope`; one consumer (the actor task)."""
+
+    def __init__(self, size: int = DEFAULT_MAILBOX_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"mailbox size must be at least 1, not {size}")
+        self.size = size
+        self._queue: collections.deque[Envelope] = collections.deque()
+        self._mail = asyncio.Event()
+        self._closed = False
+        #: Requests answered BUSY because the mailbox was full.
+        self.busy_total = 0
+        #: The most messages held when a request was admitted: at most ``size``
+        #: (priority messages are not bounded and not counted).
+        self.high_water = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(
+        self, message: Message, *, deadline: float | None = None, priority: bool = False
+    ) -> asyncio.Future[Outcome]:
+        """Queue ``message`` and return its future; :class:`Refused` ``BUSY`` when full."""
+        if not priority and len(self._queue) >= self.size:
+            self.busy_total += 1
+            if self.busy_total == 1 or self.busy_total % 100 == 0:
+                log.warning(
+                    "mailbox full (%d messages): answering BUSY (%d so far)",
+                    self.size,
+                    self.busy_total,
+                )
+            raise Refused.busy(BUSY_RETRY_AFTER_MS)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(Envelope(message, future, time.monotonic(), deadline))
+        if not priority:
+            self.high_water = max(self.high_water, len(self._queue))
+        self._mail.set()
+        return future
+
+    def withdraw(self, future: asyncio.Future[Outcome]) -> bool:
+        """Take a still-queued message back (its caller gave up); False once it was taken."""
+        for envelope in self._queue:
+            if envelope.future is future:
+                self._queue.remove(envelope)
+                future.cancel()
+                return True
+        return False
+
+    async def get(self) -> Envelope | None:
+        """The next envelope, waiting for one; None once :meth:`close` was called."""
+        while not self._closed:
+            if self._queue:
+                return self._queue.popleft()
+            self._mail.clear()
+            await self._mail.wait()
+        return None
+
+    def close(self) -> None:
+        """Make :meth:`get` return None (what is queued stays for :meth:`fail_all`)."""
+        self._closed = True
+        self._mail.set()
+
+    def fail_all(self, error: Callable[[Envelope], Refused]) -> None:
+        """Answer every queued message with ``error(envelope)``."""
+        while self._queue:
+            envelope = self._queue.popleft()
+            if not envelope.future.done():
+                queue_ms = (time.monotonic() - envelope.enqueued_at) * 1000
+                envelope.future.set_result(Outcome(error=error(envelope), queue_ms=queue_ms))
