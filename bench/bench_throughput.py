@@ -5,7 +5,7 @@
 Measured: :class:`procmond.pipeline.EventPipeline` with a real
 :class:`procmond.wal.WriteAheadLog` (on disk, in a temporary directory) and a
 real :class:`procmond.bus.RedisBus` to a private redis-server (TCP loopback),
-fed synthetic :class:`procmond.collector.ProcessEvent` batches the way the
+fed synthetic :class:`procmond.process_event.ProcessEvent` batches the way the
 actor feeds it (``submit`` per batch, the flusher task running). An event
 counts once it is durable end to end: encoded, appended to the log and
 fsynced, XADD acknowledged by Redis, acknowledged in the log, and the log
@@ -32,8 +32,8 @@ from typing import Any, Final
 from bench.common import metric, private_redis, run_benchmark, say
 from bench.events import delete_streams, raw_xadd_seconds, synthetic_events, wire_entries
 from procmond.bus import RedisBus
-from procmond.collector import ProcessEvent
 from procmond.pipeline import DEFAULT_BUFFER_CAPACITY, DEFAULT_STREAM_MAXLEN, EventPipeline
+from procmond.process_event import ProcessEvent
 from procmond.wal import WriteAheadLog
 
 TARGET_EVENTS_PER_S: Final = 20_000  # issue 6

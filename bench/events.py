@@ -14,10 +14,10 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from procmond.collector import EventType, ProcessEvent
 from procmond.pipeline import DEFAULT_STREAM_MAXLEN
 from procmond.pipeline import _decode as decode_record
 from procmond.pipeline import _encode as encode_event
+from procmond.process_event import EventType, ProcessEvent
 from procmond.wal import WalRecord
 
 STREAMS: Final = ("events.process.start", "events.process.stop", "events.process.modify")

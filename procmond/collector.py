@@ -49,32 +49,27 @@ unchanged) is not seen; the uid -> name cache lives as long as the collector.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
 import os
 import pwd
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final
 
 import psutil
 
+from procmond.process_event import EventType, ProcessEvent  # what collect() produces
 from procmond.redact import redact_cmdline
 
 __all__ = [
     "MAX_CMDLINE_BYTES",
     "CollectorSettings",
     "CycleResult",
-    "EventType",
     "ProcessCollector",
-    "ProcessEvent",
+    "bounded_cmdline",
 ]
-
-EventType = Literal["start", "stop", "modify"]
 
 _PROC: Final = "/proc"
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -125,53 +120,6 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True)
-class ProcessEvent:
-    """One process event, as the collector saw it."""
-
-    event_type: EventType
-    pid: int
-    ppid: int
-    name: str
-    exe: str | None
-    cmdline: tuple[str, ...]
-    username: str | None
-    start_time: float
-    status: str
-    observed_at: float
-    baseline: bool = False
-    cpu_percent: float | None = None
-    memory_rss: int | None = None
-    exe_sha256: str | None = None
-    changed: tuple[str, ...] = ()
-
-    def to_wire(self) -> dict[str, object]:
-        """The protocol's ``event`` object, without ``collector_id`` and ``seq``."""
-        wire: dict[str, object] = {
-            "event_type": self.event_type,
-            "pid": self.pid,
-            "ppid": self.ppid,
-            "name": self.name,
-            "exe": self.exe,
-            "cmdline": list(self.cmdline),
-            "username": self.username,
-            "start_time": _rfc3339(self.start_time),
-            "status": self.status,
-            "observed_at": _rfc3339(self.observed_at),
-        }
-        if self.cpu_percent is not None:
-            wire["cpu_percent"] = self.cpu_percent
-        if self.memory_rss is not None:
-            wire["memory_rss"] = self.memory_rss
-        if self.exe_sha256 is not None:
-            wire["exe_sha256"] = self.exe_sha256
-        if self.baseline:
-            wire["baseline"] = True
-        if self.event_type == "modify":
-            wire["changed"] = list(self.changed)
-        return wire
-
-
-@dataclass(frozen=True)
 class CycleResult:
     """The outcome of one ``collect()``."""
 
@@ -181,29 +129,6 @@ class CycleResult:
     duration_ms: float
     baseline: bool
     truncated: bool
-
-
-@functools.lru_cache(maxsize=4096)
-def _whole_second(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _rfc3339(epoch_secs: float) -> str:
-    """RFC 3339 UTC with microseconds and 'Z', as the wire contract spells it.
-
-    Events of one cycle share their observed second and many processes their
-    start second, so the formatted second is cached (the event encoder's
-    hottest call, bench_throughput's profile: 1.8 us a call uncached).
-    """
-    # Rounded exactly as datetime.fromtimestamp rounds (half to even).
-    fraction, whole = math.modf(epoch_secs)
-    micros = round(fraction * 1e6)
-    seconds = int(whole)
-    if micros >= 1_000_000:
-        seconds, micros = seconds + 1, micros - 1_000_000
-    elif micros < 0:
-        seconds, micros = seconds - 1, micros + 1_000_000
-    return f"{_whole_second(seconds)}.{micros:06d}Z"
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from procmond.bus import Bus, BusError, BusRefused, ConnectionStatus
-from procmond.collector import ProcessEvent
+from procmond.process_event import ProcessEvent
 from procmond.wal import WalError, WalFullError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond.pipeline")

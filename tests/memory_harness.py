@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from procmond.actor import Identity, ProcmondMonitorCollector
-from procmond.collector import CollectorSettings, CycleResult, ProcessCollector, ProcessEvent
+from procmond.collector import CollectorSettings, CycleResult, ProcessCollector
 from procmond.memory_bus import MemoryBroker, MemoryBus
 from procmond.pipeline import EventPipeline
+from procmond.process_event import ProcessEvent
 from procmond.registration import RegistrationManager, RegistrationSettings
 from procmond.rpc import RpcService
 from procmond.schemas import CollectorConfig

@@ -28,10 +28,9 @@ from procmond.collector import (
     CollectorSettings,
     CycleResult,
     ProcessCollector,
-    ProcessEvent,
-    _rfc3339,
     bounded_cmdline,
 )
+from procmond.process_event import ProcessEvent, rfc3339
 
 SECRET = "hunter2-s3cr3t"
 BLOCK_ON_STDIN = "import sys; print('ready', flush=True); sys.stdin.readline(); sys.stdin.read()"
@@ -405,7 +404,7 @@ def test_to_wire_matches_protocol_section_8() -> None:
 def test_rfc3339_matches_datetime_formatting(epoch: float) -> None:
     """The cached-second formatter spells every instant exactly as datetime does."""
     expected = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    assert _rfc3339(epoch) == expected
+    assert rfc3339(epoch) == expected
 
 
 def _wire_bytes(args: tuple[str, ...] | list[str]) -> int:
