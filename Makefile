@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # redis-server: the embedded default and the test suite's private servers.
+# openssl: certificates for the TLS test. e2fsprogs (mkfs.ext4): the read-only disk test.
 # graphviz (dot): the SVG diagram; optional, so a failed install is not fatal.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required: apt-get install redis-server" >&2; exit 1; }
+	@command -v openssl >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq openssl >/dev/null; }
+	@command -v mkfs.ext4 >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq e2fsprogs >/dev/null; }
 	@command -v dot >/dev/null 2>&1 || { $(APT) install -y -qq graphviz >/dev/null 2>&1 || echo "note: graphviz not installed; SVG diagrams are skipped" >&2; }
 
 run: $(STAMP) system-deps
