@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Final, Protocol
+
+from procmond.logs import RateLimitedLog
 
 __all__ = [
     "Bus",
@@ -90,34 +91,6 @@ class Bus(Protocol):
     def add_status_listener(self, listener: StatusListener) -> None: ...
 
 
-class _RateLimitedLog:
-    """Log each kind of message at most once per interval, counting the rest."""
-
-    def __init__(self, interval: float = LOG_INTERVAL_SECS) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(
-        self, level: int, key: str, msg: str, *args: object, exc: BaseException | None = None
-    ) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        logger.log(level, msg, *args, exc_info=exc)
-
-    def reset(self, key: str) -> None:
-        """Let the next message of ``key`` through at once (a new episode began)."""
-        self._last.pop(key, None)
-
-
 class _StatusMixin:
     """Status, listeners and the Connected event, shared by both buses."""
 
@@ -125,7 +98,7 @@ class _StatusMixin:
         self._status = ConnectionStatus.DISCONNECTED
         self._listeners: list[StatusListener] = []
         self._connected = asyncio.Event()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(logger, LOG_INTERVAL_SECS)
 
     @property
     def status(self) -> ConnectionStatus:

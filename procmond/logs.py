@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 
@@ -21,6 +22,41 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+class RateLimitedLog:
+    """Log each kind (``key``) of message at most once per ``interval`` seconds.
+
+    What is held back is counted and reported with the next line of that kind
+    (``(N similar suppressed)``), so a condition that repeats every cycle or
+    every heartbeat (Redis down, a flood of bad messages) is one line a while,
+    not one per occurrence, and nothing is hidden.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(
+        self, level: int, key: str, msg: str, *args: object, exc: BaseException | None = None
+    ) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        self._logger.log(level, msg, *args, exc_info=exc)
+
+    def reset(self, key: str) -> None:
+        """Let the next message of ``key`` through at once (a new episode began)."""
+        self._last.pop(key, None)
 
 
 def setup_logging(level: str, fmt: str) -> None:

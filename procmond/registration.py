@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, Final
 from fsm import Facts, Operation, State, Trigger
 from procmond.actor import ProcmondMonitorCollector
 from procmond.bus import Bus, BusError, ConnectionStatus
+from procmond.logs import RateLimitedLog
 from procmond.rpc import response_topic
 from procmond.schemas import (
     AgentResponse,
@@ -131,7 +131,7 @@ class RegistrationManager:
         self._boot_id = identity.boot_id
         self._interval_ms = self._settings.heartbeat_interval_ms
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
-        self._publish_warned: dict[str, float] = {}
+        self._publish_log = RateLimitedLog(log, PUBLISH_WARNING_INTERVAL_S)
         self._announcements: asyncio.Queue[State] = asyncio.Queue()
         self._heartbeat_now = asyncio.Event()
         # Set on every state change and when the bus comes back: wakes the loop.
@@ -418,11 +418,6 @@ class RegistrationManager:
             await self._bus.publish(topic, data)
         except BusError as exc:
             # While the bus is down this fails every heartbeat: say it once a while.
-            now = time.monotonic()
-            if now - self._publish_warned.get(topic, -PUBLISH_WARNING_INTERVAL_S) >= (
-                PUBLISH_WARNING_INTERVAL_S
-            ):
-                self._publish_warned[topic] = now
-                log.warning("could not publish on %s: %s", topic, exc)
+            self._publish_log(logging.WARNING, topic, "could not publish on %s: %s", topic, exc)
             return False
         return True

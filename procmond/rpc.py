@@ -30,6 +30,7 @@ from typing import Any, Final
 from procmond.actor import ProcmondMonitorCollector
 from procmond.bus import Bus, BusError
 from procmond.errors import Refused
+from procmond.logs import RateLimitedLog
 from procmond.messages import (
     CollectTick,
     GracefulShutdown,
@@ -108,7 +109,7 @@ class RpcService:
             collections.OrderedDict()
         )
         self._inflight: set[asyncio.Task[None]] = set()
-        self._last_malformed_warning = -MALFORMED_WARNING_INTERVAL_S
+        self._malformed_log = RateLimitedLog(log, MALFORMED_WARNING_INTERVAL_S)
         self._publishing = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
         self.requests_total = 0
         self.responses_total = 0
@@ -189,15 +190,14 @@ class RpcService:
 
     def _malformed(self, why: str) -> None:
         self._actor.rpc_malformed_total += 1
-        now = time.monotonic()
-        if now - self._last_malformed_warning >= MALFORMED_WARNING_INTERVAL_S:
-            self._last_malformed_warning = now
-            log.warning(
-                "dropped an unanswerable message on %s: %s (%d dropped so far)",
-                collector_topic(self._collector_id),
-                why,
-                self._actor.rpc_malformed_total,
-            )
+        self._malformed_log(
+            logging.WARNING,
+            "malformed",
+            "dropped an unanswerable message on %s: %s (%d dropped so far)",
+            collector_topic(self._collector_id),
+            why,
+            self._actor.rpc_malformed_total,
+        )
 
     # -- execution ----------------------------------------------------------
 
