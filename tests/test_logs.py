@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
-import procmond.logs as logs
 from procmond.logs import JsonFormatter, RateLimitedLog
 
 
@@ -17,7 +17,7 @@ def test_rate_limited_log_holds_back_and_counts_per_key(
     """One line per key per interval; the next line says how many were held back;
     keys are independent; reset() lets the next one through at once."""
     clock = [100.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     logger = logging.getLogger("procmond.test-rate")
     limited = RateLimitedLog(logger, interval=10.0)
     with caplog.at_level(logging.WARNING, logger=logger.name):
