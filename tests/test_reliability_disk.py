@@ -8,6 +8,7 @@ needs root (CAP_SYS_ADMIN), which CI has; elsewhere the tests skip and say why.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from e2e_support import daemon, new_id, poll, running_agent
 from redis.asyncio import Redis
 from reliability_support import Requests, record
 
+from procmond.daemon import EXIT_CANNOT_START
 from procmond.embedded import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -255,3 +257,27 @@ async def test_write_ahead_log_on_a_file_system_gone_read_only(
         requests_sent=calls.sent,
         requests_answered=calls.answered,
     )
+
+
+def test_start_on_a_read_only_data_directory_fails_clearly(tmp_path: Path) -> None:
+    """A data directory on a read-only file system stops start-up at once with one line
+    naming the path and the error, and exit 3 (cannot start): no traceback, no retry loop."""
+    mount = tmp_path / "ro"
+    with tmpfs(mount, "1m"):
+        (mount / "data").mkdir()
+        remount(mount, "ro")
+        for data_dir, expected in (
+            (mount / "data", f"write-ahead log {mount / 'data' / 'wal' / 'ro1'}: Read-only"),
+            (mount / "new", f"cannot create data directory {mount / 'new'}: Read-only"),
+        ):
+            done = subprocess.run(
+                [
+                    sys.executable, "-m", "procmond.cli", "run",
+                    "--redis-url", "redis://127.0.0.1:1", "--collector-id", "ro1",
+                    "--data-dir", str(data_dir),
+                ],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert done.returncode == EXIT_CANNOT_START, done.stderr
+            assert expected in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
