@@ -62,7 +62,7 @@ def synthetic_events(count: int) -> list[ProcessEvent]:
 
 def wire_entries(
     collector_id: str, events: Sequence[ProcessEvent]
-) -> list[tuple[str, dict[str, str]]]:
+) -> list[tuple[str, dict[str, str | bytes]]]:
     """Exactly what the pipeline XADDs for these events: (stream, fields)."""
     boot_id = uuid.uuid4().hex
     out = []
@@ -92,7 +92,7 @@ async def stream_lengths(url: str) -> dict[str, int]:
 
 
 async def raw_xadd_seconds(
-    url: str, entries: Sequence[tuple[str, dict[str, str]]], batch: int
+    url: str, entries: Sequence[tuple[str, dict[str, str | bytes]]], batch: int
 ) -> float:
     """Baseline: pipelined XADD (``MAXLEN ~`` as procmond) of ``entries``; elapsed seconds."""
     await delete_streams(url)

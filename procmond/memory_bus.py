@@ -91,7 +91,8 @@ class MemoryBroker:
             n = self._counters.get(key, 0) + 1
             self._counters[key] = n
             stream = self._streams.setdefault(key, [])
-            stream.append((f"{n}-0", dict(fields)))
+            # Redis keeps bytes and strings alike; xread gives text back.
+            stream.append((f"{n}-0", {k: _text(v) for k, v in fields.items()}))
             if maxlen is not None and len(stream) > maxlen:
                 del stream[: len(stream) - maxlen]
             ids.append(f"{n}-0")

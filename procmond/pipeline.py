@@ -60,26 +60,39 @@ _APPEND_CHUNK: Final = 256
 class _Entry:
     seq: int
     stream: str
-    fields: dict[str, str]
+    #: The XADD fields; ``event`` stays the log's bytes (redis-py sends bytes as is).
+    fields: dict[str, str | bytes]
 
 
-def _encode(collector_id: str, boot_id: str, seq: int, event: ProcessEvent) -> bytes:
+_STREAM_KEYS: Final = {kind: f"events.process.{kind}" for kind in ("start", "stop", "modify")}
+#: One encoder for every event: ``json.dumps(..., separators=...)`` builds a new
+#: JSONEncoder per call (docs/performance.md, profile findings).
+_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _event_json(collector_id: str, seq: int, event: ProcessEvent) -> bytes:
     body = event.to_wire()
     body["seq"] = seq
     body["collector_id"] = collector_id
-    stream = f"events.process.{event.event_type}"
-    return "\n".join((stream, boot_id, json.dumps(body, separators=(",", ":")))).encode()
+    return _dumps(body).encode()
+
+
+def _encode(collector_id: str, boot_id: str, seq: int, event: ProcessEvent) -> bytes:
+    """The log payload of one event: stream key, boot id and event JSON, one per line."""
+    stream = _STREAM_KEYS[event.event_type]
+    return b"\n".join((stream.encode(), boot_id.encode(), _event_json(collector_id, seq, event)))
 
 
 def _decode(collector_id: str, record: WalRecord) -> _Entry:
-    stream, boot_id, event = record.payload.decode().split("\n", 2)
-    fields = {
+    """The XADD entry of a logged event (replay after a restart)."""
+    stream, boot_id, event = record.payload.split(b"\n", 2)
+    fields: dict[str, str | bytes] = {
         "collector_id": collector_id,
-        "boot_id": boot_id,
+        "boot_id": boot_id.decode(),
         "seq": str(record.seq),
         "event": event,
     }
-    return _Entry(record.seq, stream, fields)
+    return _Entry(record.seq, stream.decode(), fields)
 
 
 class EventPipeline:
@@ -217,15 +230,29 @@ class EventPipeline:
         return entries, error
 
     def _append(self, events: Sequence[ProcessEvent]) -> list[_Entry]:
+        """Number, encode and log ``events``; their XADD entries, built from the same bytes."""
+        cid = self._collector_id
+        boot_id = self._boot_id
+        boot = boot_id.encode()
         first = self._wal.next_seq
-        payloads = [
-            _encode(self._collector_id, self._boot_id, first + i, event)
-            for i, event in enumerate(events)
-        ]
-        records = self._wal.append(payloads)
+        streams = [_STREAM_KEYS[event.event_type] for event in events]
+        bodies = [_event_json(cid, first + i, event) for i, event in enumerate(events)]
+        records = self._wal.append(
+            [
+                b"\n".join((stream.encode(), boot, body))
+                for stream, body in zip(streams, bodies, strict=True)
+            ]
+        )
         if records and records[0].seq != first:  # pragma: no cover - the log is single-owner
             raise RuntimeError(f"write-ahead log numbered from {records[0].seq}, expected {first}")
-        return [_decode(self._collector_id, record) for record in records]
+        return [
+            _Entry(
+                record.seq,
+                stream,
+                {"collector_id": cid, "boot_id": boot_id, "seq": str(record.seq), "event": body},
+            )
+            for record, stream, body in zip(records, streams, bodies, strict=True)
+        ]
 
     def _signal(self) -> None:
         if self._buffer:

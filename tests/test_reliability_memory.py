@@ -328,7 +328,10 @@ class DaemonMachine(RuleBasedStateMachine):
             for stream in ("events.process.start", "events.process.stop", "events.process.modify")
             for _, fields in self.parts.broker.stream(stream)
         ]
-        entries += [dict(entry.fields) for entry in pipeline._buffer]
+        entries += [
+            {k: v.decode() if isinstance(v, bytes) else v for k, v in entry.fields.items()}
+            for entry in pipeline._buffer
+        ]
         seqs = sorted(int(str(f["seq"])) for f in entries)
         assert seqs == list(range(1, len(seqs) + 1)), seqs
         pids = [json.loads(str(f["event"]))["pid"] for f in entries]
