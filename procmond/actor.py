@@ -2,10 +2,10 @@
 
 Everything that changes the collector goes through a bounded mailbox of
 messages (:mod:`procmond.mailbox`), each with a future for its answer (the
-"oneshot"). Admission is
-decided by :mod:`fsm`: a message the current lifecycle state does not accept
-is refused at once with the typed error of protocol section 4, and a full
-mailbox answers ``BUSY``; nothing ever blocks the caller. Accepted messages
+"oneshot"). Admission is decided by :mod:`fsm`: a message the current
+lifecycle state does not accept is refused at once with the typed error of
+protocol section 4, and a full mailbox answers ``BUSY``; nothing ever blocks
+the caller. Accepted messages
 are executed one at a time, in arrival order, and checked against the state
 again when their turn comes (the state may have moved meanwhile).
 

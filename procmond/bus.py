@@ -31,12 +31,13 @@ until one succeeds (failed attempts do not flicker the status), then
 ``Connected``. ``close()`` ends in ``Disconnected``. Listeners hear every change.
 
 Invariant: whenever the status is ``Connected``, every subscription registered
-before that moment has been confirmed by the server. Messages that arrive
-during the handshake (a channel confirmed, the PING not yet answered) are held
-and handed over, in order, right after ``Connected`` is reported, so a handler
-never sees a message while the bus still says it is not connected. ``subscribe()`` while
+before that moment has been confirmed by the server. ``subscribe()`` while
 connected returns after the confirmation; while not connected it only
 registers, and the subscription is confirmed before the next ``Connected``.
+Messages that arrive during the handshake (a channel confirmed, the PING not
+yet answered) are held and handed over, in order, right after ``Connected`` is
+reported, so a handler never sees a message while the bus still says it is
+not connected.
 
 Exception hierarchy::
 
