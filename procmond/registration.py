@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -173,8 +173,9 @@ class RegistrationManager:
 
     # -- registration -----------------------------------------------------
 
-    async def _register_loop(self) -> None:
-        delays = iter(
+    def _backoff(self) -> Iterator[float]:
+        """A fresh sequence of retry delays (protocol section 7: 1 s to 60 s, ±20 %)."""
+        return iter(
             backoff_delays(
                 self._settings.backoff_initial_s,
                 self._settings.backoff_max_s,
@@ -182,6 +183,9 @@ class RegistrationManager:
                 self._rng,
             )
         )
+
+    async def _register_loop(self) -> None:
+        delays = self._backoff()
         failures = 0
         while True:
             state = self._actor.state
@@ -211,14 +215,7 @@ class RegistrationManager:
                 self.accepted_once = True
                 self._restore_pending = False  # a loss before this answer is moot now
                 failures = 0
-                delays = iter(
-                    backoff_delays(
-                        self._settings.backoff_initial_s,
-                        self._settings.backoff_max_s,
-                        BACKOFF_JITTER,
-                        self._rng,
-                    )
-                )
+                delays = self._backoff()
                 self._actor.fire(Trigger.REGISTRATION_ACCEPTED)
                 continue
             self._actor.fire(Trigger.REGISTRATION_FAILED)
