@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,14 +50,25 @@ def unique_name(prefix: str = "t") -> str:
 
 
 @contextmanager
-def running_redis(*, persistent: bool = False, port: int | None = None) -> Iterator[RedisServer]:
-    """Start a private server in a new short directory; stop it and remove the directory after."""
+def running_redis(
+    *,
+    persistent: bool = False,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    prefix: str = "pmd-redis-",
+) -> Iterator[RedisServer]:
+    """Start a private server in a new short directory; stop it and remove the directory after.
+
+    ``extra_args`` go to redis-server as they are (AOF fsync policy, a TLS port).
+    """
     try:
         binary = find_server_binary()
     except EmbeddedRedisError as exc:
         pytest.fail(str(exc), pytrace=False)
-    directory = short_dir()
-    server = RedisServer(directory / "r", persistent=persistent, port=port, binary=binary)
+    directory = short_dir(prefix)
+    server = RedisServer(
+        directory / "r", persistent=persistent, port=port, binary=binary, extra_args=extra_args
+    )
     try:
         server.start()
         yield server

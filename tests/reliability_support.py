@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -27,9 +26,9 @@ import pytest
 from contract_agent import ContractAgent
 from e2e_support import poll
 from redis.exceptions import RedisError
-from redis_fixtures import short_dir
+from redis_fixtures import running_redis
 
-from procmond.embedded import RedisServer, find_server_binary
+from procmond.embedded import RedisServer
 
 #: Where each test appends its one-line JSON summary.
 SUMMARY_FILE = Path(
@@ -63,19 +62,27 @@ def record(fault: str, **figures: Any) -> dict[str, Any]:
 @contextmanager
 def durable_redis() -> Iterator[RedisServer]:
     """A private server whose acknowledged writes survive SIGKILL (AOF, fsync always)."""
-    directory = short_dir("pmd-rel-")
-    server = RedisServer(
-        directory / "r",
-        persistent=True,
-        binary=find_server_binary(),
-        extra_args=("--appendfsync", "always"),
-    )
-    try:
-        server.start()
+    with running_redis(
+        persistent=True, extra_args=("--appendfsync", "always"), prefix="pmd-rel-"
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+def blocked_children(marker: str, count: int, filler: str = "") -> list[subprocess.Popen[bytes]]:
+    """Children (cmdline carries ``marker``, then ``filler``) that live until
+    :func:`release` closes their stdin; ``filler`` makes their events big."""
+    return [
+        subprocess.Popen(["/bin/sh", "-c", "read _", marker, filler], stdin=subprocess.PIPE)
+        for _ in range(count)
+    ]
+
+
+def release(children: list[subprocess.Popen[bytes]]) -> None:
+    """End :func:`blocked_children` (EOF on stdin) and reap them."""
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
 
 
 class Churn:

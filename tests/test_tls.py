@@ -20,9 +20,9 @@ import pytest
 from contract_agent import seq_report
 from e2e_support import daemon, new_id, poll, running_agent
 from redis import Redis
-from redis_fixtures import short_dir
+from redis_fixtures import running_redis, short_dir
 
-from procmond.embedded import RedisServer, find_server_binary
+from procmond.embedded import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -66,21 +66,16 @@ def free_port() -> int:
 @pytest.fixture
 def tls_redis() -> Iterator[tuple[RedisServer, int, dict[str, Path]]]:
     """A redis-server with a TLS port and an ACL user ``collector``."""
-    directory = short_dir("pmd-tls-")
+    directory = short_dir("pmd-tls-")  # the certificates
     try:
         certs = make_certificates(directory)
         port = free_port()
-        server = RedisServer(
-            directory / "r",
-            binary=find_server_binary(),
-            extra_args=(
-                "--tls-port", str(port), "--bind", "127.0.0.1",
-                "--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
-                "--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no",
-            ),
+        tls = (
+            "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
+            "--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no",
         )  # fmt: skip
-        server.start()
-        try:
+        with running_redis(extra_args=tls) as server:
             admin = Redis(unix_socket_path=str(server.socket_path))
             admin.acl_setuser(
                 "collector",
@@ -92,8 +87,6 @@ def tls_redis() -> Iterator[tuple[RedisServer, int, dict[str, Path]]]:
             )
             admin.close()
             yield server, port, certs
-        finally:
-            server.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
