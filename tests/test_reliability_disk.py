@@ -18,7 +18,7 @@ import pytest
 from contract_agent import seq_report
 from e2e_support import daemon, new_id, poll, running_agent
 from redis.asyncio import Redis
-from reliability_support import Requests, record
+from reliability_support import Requests, blocked_children, record, release
 
 from procmond.daemon import EXIT_CANNOT_START
 from procmond.embedded import RedisServer
@@ -47,21 +47,6 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def remount(path: Path, options: str) -> None:
     """Change a mounted tmpfs's options (``ro``, ``rw``, ``size=...``)."""
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
-
-
-def children(marker: str, count: int, filler: str = "") -> list[subprocess.Popen[bytes]]:
-    """Children (cmdline carries ``marker``) that live until their stdin is closed."""
-    return [
-        subprocess.Popen(["/bin/sh", "-c", "read _", marker, filler], stdin=subprocess.PIPE)
-        for _ in range(count)
-    ]
-
-
-def end(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
 
 
 def log_reasons(health: dict[str, Any]) -> list[str]:
@@ -106,7 +91,7 @@ async def test_write_ahead_log_on_a_full_disk_is_unhealthy_then_recovers(
                     await agent.wait_for_state(cid, "ready", timeout=15)
                     await calls.caught_up(cid)
                     await redis.config_set("maxmemory", "1")  # every XADD refused (OOM)
-                    big = children(marker, 12, "x" * 60_000)  # ~720 kB of events
+                    big = blocked_children(marker, 12, "x" * 60_000)  # ~720 kB of events
                     try:
                         _, reason = await unhealthy_because_of_the_log(calls, cid)
                         assert "No space left on device" in reason, reason
@@ -116,7 +101,7 @@ async def test_write_ahead_log_on_a_full_disk_is_unhealthy_then_recovers(
                         await calls.caught_up(cid, timeout=60)
                         entries = await agent.read_events(cid)
                     finally:
-                        end(big)
+                        release(big)
                     health = await calls.health(cid)
                     assert health["status"] == "Healthy", health
                     assert health["pid"] == proc.pid
@@ -204,7 +189,7 @@ async def test_write_ahead_log_on_a_file_system_gone_read_only(
                     await agent.wait_for_state(cid, "ready", timeout=15)
                     await calls.caught_up(cid)
                     fail_file_system(wal_mount)
-                    held = children(marker, 5)
+                    held = blocked_children(marker, 5)
                     stuck, reason = await unhealthy_because_of_the_log(calls, cid)
                     assert "Read-only file system" in reason, reason
                     # Still alive and answering, cycle after cycle.
@@ -230,7 +215,7 @@ async def test_write_ahead_log_on_a_file_system_gone_read_only(
                     await calls.shutdown(cid)
                     assert await again.wait_async(20) == 0
             finally:
-                end(held)
+                release(held)
     assert shutdown["status"] == "Success", shutdown
     assert first_exit == 0, first_log
     assert health["status"] == "Healthy", health

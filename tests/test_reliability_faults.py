@@ -13,7 +13,6 @@ import asyncio
 import random
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +27,12 @@ from reliability_support import (
     Churn,
     Requests,
     alive,
+    blocked_children,
     counts,
     durable_redis,
     heartbeat_gaps,
     record,
+    release,
     wait_gone,
     wal_bytes,
 )
@@ -285,7 +286,7 @@ async def test_write_ahead_log_full_is_unhealthy_then_recovers(
                     # Every XADD now fails with OOM (PUBLISH still works, so HealthCheck
                     # does): nothing leaves the log, and the streams stay intact.
                     await redis.config_set("maxmemory", "1")
-                    children = _big_children(marker, big, 24)
+                    children = blocked_children(marker, 24, big)
                     try:
                         full = await poll(
                             lambda: calls.health(cid),
@@ -307,10 +308,7 @@ async def test_write_ahead_log_full_is_unhealthy_then_recovers(
                         assert later["pid"] == p.pid
                         assert p.returncode is None
                     finally:
-                        for child in children:
-                            assert child.stdin is not None
-                            child.stdin.close()
-                            child.wait(10)
+                        release(children)
                     await redis.config_set("maxmemory", "0")  # Redis takes XADDs again
                     await calls.caught_up(cid, timeout=60)
                     entries = await agent.read_events(cid)
@@ -354,14 +352,6 @@ async def test_write_ahead_log_full_is_unhealthy_then_recovers(
         requests_sent=calls.sent,
         requests_answered=calls.answered,
     )
-
-
-def _big_children(marker: str, big: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """Children with a big cmdline that live until their stdin is closed."""
-    return [
-        subprocess.Popen(["/bin/sh", "-c", "read _", marker, big], stdin=subprocess.PIPE)
-        for _ in range(count)
-    ]
 
 
 def _errors_reach(count: int) -> Callable[[dict[str, Any]], bool]:
