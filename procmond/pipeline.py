@@ -77,10 +77,15 @@ def _event_json(collector_id: str, seq: int, event: ProcessEvent) -> bytes:
     return _dumps(body).encode()
 
 
-def _encode(collector_id: str, boot_id: str, seq: int, event: ProcessEvent) -> bytes:
+def _payload(stream: str, boot_id: bytes, event_json: bytes) -> bytes:
     """The log payload of one event: stream key, boot id and event JSON, one per line."""
+    return b"\n".join((stream.encode(), boot_id, event_json))
+
+
+def _encode(collector_id: str, boot_id: str, seq: int, event: ProcessEvent) -> bytes:
+    """The log payload of ``event`` numbered ``seq`` (what :meth:`EventPipeline._append` logs)."""
     stream = _STREAM_KEYS[event.event_type]
-    return b"\n".join((stream.encode(), boot_id.encode(), _event_json(collector_id, seq, event)))
+    return _payload(stream, boot_id.encode(), _event_json(collector_id, seq, event))
 
 
 def _decode(collector_id: str, record: WalRecord) -> _Entry:
@@ -238,10 +243,7 @@ class EventPipeline:
         streams = [_STREAM_KEYS[event.event_type] for event in events]
         bodies = [_event_json(cid, first + i, event) for i, event in enumerate(events)]
         records = self._wal.append(
-            [
-                b"\n".join((stream.encode(), boot, body))
-                for stream, body in zip(streams, bodies, strict=True)
-            ]
+            [_payload(stream, boot, body) for stream, body in zip(streams, bodies, strict=True)]
         )
         if records and records[0].seq != first:  # pragma: no cover - the log is single-owner
             raise RuntimeError(f"write-ahead log numbered from {records[0].seq}, expected {first}")
