@@ -47,8 +47,8 @@ from typing import Any
 
 from redis import Redis
 
-from procmond.agent import Agent, AgentEvent, EventKind, Tracker
-from procmond.bus import RedisBus
+from procmond.agent.service import Agent, AgentEvent, EventKind, Tracker
+from procmond.bus.redis import RedisBus
 from procmond.embedded import RedisServer
 
 INTERVAL_S = 1.0

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from procmond.collector import CollectorSettings, ProcessCollector
+from procmond.collect.collector import CollectorSettings, ProcessCollector
 
 PS_COMMAND = ["ps", "-eo", "pid,ppid,user,lstart,stat,comm,args"]
 

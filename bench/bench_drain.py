@@ -55,7 +55,7 @@ from bench.events import (
 )
 from bench.wire import Caller, MinimalAgent, collector_topic, request, response_topic
 from procmond.embedded import RedisServer
-from procmond.wal import WriteAheadLog
+from procmond.store.wal import WriteAheadLog
 
 DRAIN_LIMIT_S: Final = 1.0  # issue 6: drained within 1 s after Redis is back
 CLIENT_ID: Final = "bench-drain"

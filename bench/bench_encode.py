@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bench.common import machine_info
 from bench.events import synthetic_events
-from procmond.memory_bus import MemoryBroker, MemoryBus
-from procmond.pipeline import EventPipeline, _encode
-from procmond.wal import WriteAheadLog
+from procmond.bus.memory import MemoryBroker, MemoryBus
+from procmond.store.pipeline import EventPipeline, _encode
+from procmond.store.wal import WriteAheadLog
 
 COLLECTOR_ID = "bench-encode"
 BOOT_ID = "0" * 32

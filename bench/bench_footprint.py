@@ -2,7 +2,7 @@
 
 ``python -m bench.bench_footprint [--quick]`` prints one JSON object.
 
-* Import time: wall time of ``python -c "import procmond.daemon"`` (median of
+* Import time: wall time of ``python -c "import procmond.daemon.run"`` (median of
   several runs) against ``python -c "pass"``; the heaviest imports from one
   ``python -X importtime`` run are listed.
 * Start-up to ready: from spawning ``procmond run`` (private redis-server,
@@ -57,14 +57,14 @@ def wall_time(command: list[str]) -> float:
 
 
 def import_times(runs: int) -> dict[str, Any]:
-    """Median wall time of the interpreter alone and with ``import procmond.daemon``."""
+    """Median wall time of the interpreter alone and with ``import procmond.daemon.run``."""
     bare: list[float] = []
     daemon: list[float] = []
     for _ in range(runs):  # alternate, so drift hits both
         bare.append(wall_time([sys.executable, "-c", "pass"]))
-        daemon.append(wall_time([sys.executable, "-c", "import procmond.daemon"]))
+        daemon.append(wall_time([sys.executable, "-c", "import procmond.daemon.run"]))
     trace = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import procmond.daemon"],
+        [sys.executable, "-X", "importtime", "-c", "import procmond.daemon.run"],
         check=True,
         capture_output=True,
         text=True,
@@ -279,7 +279,7 @@ def _metrics(d: dict[str, Any]) -> list[dict[str, Any]]:
             baseline=imports["import_procmond_daemon_ms"],
             target="(reported)",
             met=None,
-            note="median of runs; baseline: python -c 'import procmond.daemon'",
+            note="median of runs; baseline: python -c 'import procmond.daemon.run'",
         ),
     ]
 

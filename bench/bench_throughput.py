@@ -31,10 +31,10 @@ from typing import Any, Final
 
 from bench.common import metric, private_redis, run_benchmark, say
 from bench.events import delete_streams, raw_xadd_seconds, synthetic_events, wire_entries
-from procmond.bus import RedisBus
-from procmond.pipeline import DEFAULT_BUFFER_CAPACITY, DEFAULT_STREAM_MAXLEN, EventPipeline
-from procmond.process_event import ProcessEvent
-from procmond.wal import WriteAheadLog
+from procmond.bus.redis import RedisBus
+from procmond.collect.process_event import ProcessEvent
+from procmond.store.pipeline import DEFAULT_BUFFER_CAPACITY, DEFAULT_STREAM_MAXLEN, EventPipeline
+from procmond.store.wal import WriteAheadLog
 
 TARGET_EVENTS_PER_S: Final = 20_000  # issue 6
 COLLECTOR_ID: Final = "bench-throughput"

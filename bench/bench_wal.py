@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procmond.wal import WriteAheadLog
+from procmond.store.wal import WriteAheadLog
 
 
 def bench_wal(directory: Path, batch: list[bytes], rounds: int) -> dict[str, float]:

@@ -14,11 +14,11 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from procmond.pipeline import DEFAULT_STREAM_MAXLEN
-from procmond.pipeline import _decode as decode_record
-from procmond.pipeline import _encode as encode_event
-from procmond.process_event import EventType, ProcessEvent
-from procmond.wal import WalRecord
+from procmond.collect.process_event import EventType, ProcessEvent
+from procmond.store.pipeline import DEFAULT_STREAM_MAXLEN
+from procmond.store.pipeline import _decode as decode_record
+from procmond.store.pipeline import _encode as encode_event
+from procmond.store.wal import WalRecord
 
 STREAMS: Final = ("events.process.start", "events.process.stop", "events.process.modify")
 _TYPES: Final[tuple[EventType, ...]] = ("start", "start", "stop", "modify")

@@ -130,7 +130,7 @@ def run(
       130  second SIGINT: exited at once; unsent events stay in the log
     """
     from procmond.config import build_settings, load_toml
-    from procmond.daemon import run as run_daemon
+    from procmond.daemon.run import run as run_daemon
     from procmond.errors import StartupError
     from procmond.logs import setup_logging
 
@@ -383,7 +383,7 @@ def watch_command(
     import asyncio
     import signal
 
-    from procmond.bus import RedisBus
+    from procmond.bus.redis import RedisBus
     from procmond.discovery import display_url
     from procmond.watch import watch
 
@@ -456,7 +456,7 @@ def agent_command(
     """
     import asyncio
 
-    from procmond.agent import run_agent
+    from procmond.agent.service import run_agent
     from procmond.discovery import NO_REDIS_MESSAGE, discover_redis_url
 
     url = redis_url or discover_redis_url(Path(data_dir) if data_dir else None)

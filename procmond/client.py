@@ -19,8 +19,8 @@ import secrets
 import uuid
 from typing import Any
 
-from procmond.bus import Bus
-from procmond.rpc import collector_topic, response_topic
+from procmond.bus.redis import Bus
+from procmond.daemon.rpc import collector_topic, response_topic
 from procmond.schemas import OutgoingRequest, loads_object
 
 

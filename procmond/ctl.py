@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from procmond.bus import BusError, RedisBus
+from procmond.bus.redis import BusError, RedisBus
 from procmond.client import CallTimeout, NoResponder, RpcClient
 from procmond.discovery import display_url
 

@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
 
-from procmond.agent import Agent, AgentEvent, Tracker
-from procmond.bus import BusError, RedisBus
-from procmond.daemon import EXIT_CODES
+from procmond.agent.service import Agent, AgentEvent, Tracker
+from procmond.bus.redis import BusError, RedisBus
+from procmond.daemon.run import EXIT_CODES
 from procmond.watch import EVENT_STREAMS, describe_control, describe_event
 
 #: Events shown one by one per stream read; more are counted in one line.

@@ -1,11 +1,11 @@
 """Wire messages of protocol version 1, as pydantic models.
 
-With :mod:`procmond.agent_schemas`, the only module that imports pydantic.
+With :mod:`procmond.agent.schemas`, the only module that imports pydantic.
 Everything that crosses the bus is declared here: RPC envelopes, the payloads of each operation, the
 registration / status / heartbeat messages and the collector configuration
 (whose rules UpdateConfig, the CLI, the environment and the TOML file all
-share). :mod:`procmond.rpc` turns parsed requests into actor messages. What
-the reference agent reads of those messages is :mod:`procmond.agent_schemas`.
+share). :mod:`procmond.daemon.rpc` turns parsed requests into actor messages. What
+the reference agent reads of those messages is :mod:`procmond.agent.schemas`.
 
 Errors::
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from procmond.bus import Bus, BusUnavailable
+from procmond.bus.redis import Bus, BusUnavailable
 
 EVENT_STREAMS: Final = ("events.process.start", "events.process.stop", "events.process.modify")
 #: How long one XREAD blocks; bounds how fast watch notices Ctrl-C or a closed bus.

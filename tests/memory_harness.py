@@ -22,15 +22,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from procmond.actor import Identity, ProcmondMonitorCollector
-from procmond.collector import CollectorSettings, CycleResult, ProcessCollector
-from procmond.memory_bus import MemoryBroker, MemoryBus
-from procmond.pipeline import EventPipeline
-from procmond.process_event import ProcessEvent
-from procmond.registration import RegistrationManager, RegistrationSettings
-from procmond.rpc import RpcService
+from procmond.bus.memory import MemoryBroker, MemoryBus
+from procmond.collect.collector import CollectorSettings, CycleResult, ProcessCollector
+from procmond.collect.process_event import ProcessEvent
+from procmond.daemon.actor import Identity, ProcmondMonitorCollector
+from procmond.daemon.registration import RegistrationManager, RegistrationSettings
+from procmond.daemon.rpc import RpcService
 from procmond.schemas import CollectorConfig
-from procmond.wal import WriteAheadLog
+from procmond.store.pipeline import EventPipeline
+from procmond.store.wal import WriteAheadLog
 
 CID = "unit"
 CLIENT = "caller"

@@ -11,9 +11,9 @@ from memory_harness import FakeCollector, make_ready, running_parts
 from protocol_tables import SECTION_5
 
 from fsm import Trigger
-from procmond.actor import ProcmondMonitorCollector
+from procmond.daemon.actor import ProcmondMonitorCollector
+from procmond.daemon.messages import GracefulShutdown, HealthCheck, Message, UpdateConfig
 from procmond.errors import Refused
-from procmond.messages import GracefulShutdown, HealthCheck, Message, UpdateConfig
 
 # Protocol section 5, written out independently of fsm/.
 TABLE = SECTION_5

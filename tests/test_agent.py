@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procmond.agent import (
+from procmond.agent.schemas import HeartbeatFields
+from procmond.agent.service import (
     HEARTBEAT_PATTERN,
     REGISTRATION_TOPIC,
     Agent,
@@ -27,11 +28,10 @@ from procmond.agent import (
     Tracker,
     run_agent,
 )
-from procmond.agent_schemas import HeartbeatFields
-from procmond.agent_view import event_line, table_lines
-from procmond.bus import RedisBus
+from procmond.agent.view import event_line, table_lines
+from procmond.bus.memory import MemoryBroker, MemoryBus
+from procmond.bus.redis import RedisBus
 from procmond.embedded import RedisServer
-from procmond.memory_bus import MemoryBroker, MemoryBus
 
 # -- helpers -------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import redis
 import redis.asyncio as aioredis
 from redis_fixtures import running_redis, unique_name
 
-import procmond.bus as bus_module
-import procmond.bus_types as bus_types
-import procmond.memory_bus as memory_bus
-from procmond.bus import (
+import procmond.bus.memory as memory_bus
+import procmond.bus.redis as bus_module
+import procmond.bus.types as bus_types
+from procmond.bus.memory import MemoryBroker, MemoryBus
+from procmond.bus.redis import (
     Bus,
     BusClosed,
     BusRefused,
@@ -27,7 +28,6 @@ from procmond.bus import (
     RedisBus,
 )
 from procmond.embedded import RedisServer
-from procmond.memory_bus import MemoryBroker, MemoryBus
 
 C = ConnectionStatus
 WAIT = 5.0  # generous bound for anything that should take milliseconds

@@ -23,14 +23,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procmond.collector import (
+from procmond.collect.collector import (
     MAX_CMDLINE_BYTES,
     CollectorSettings,
     CycleResult,
     ProcessCollector,
     bounded_cmdline,
 )
-from procmond.process_event import ProcessEvent, rfc3339
+from procmond.collect.process_event import ProcessEvent, rfc3339
 
 SECRET = "hunter2-s3cr3t"
 BLOCK_ON_STDIN = "import sys; print('ready', flush=True); sys.stdin.readline(); sys.stdin.read()"

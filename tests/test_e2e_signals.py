@@ -10,7 +10,7 @@ from e2e_support import churn_child, daemon, new_id, poll, running_agent, wal_co
 from reliability_support import wal_bytes
 
 from procmond.embedded import RedisServer
-from procmond.wal import WriteAheadLog
+from procmond.store.wal import WriteAheadLog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procmond import redact
-from procmond.redact import REDACTED, redact_cmdline
+from procmond.collect import redact
+from procmond.collect.redact import REDACTED, redact_cmdline
 
 R = REDACTED
 

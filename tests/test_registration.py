@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from memory_harness import CID, Client, running_parts
 
-from procmond.memory_bus import MemoryBus
-from procmond.registration import (
+from procmond.bus.memory import MemoryBus
+from procmond.daemon.registration import (
     REGISTRATION_TOPIC,
     RegistrationFailed,
     RegistrationSettings,

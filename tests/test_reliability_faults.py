@@ -38,7 +38,7 @@ from reliability_support import (
 )
 
 from procmond.embedded import RedisServer
-from procmond.wal import FRAME_OVERHEAD
+from procmond.store.wal import FRAME_OVERHEAD
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -34,10 +34,10 @@ from memory_harness import CID, FakeCollector, Parts, make_ready, running_parts
 from reliability_support import record
 
 from fsm import Facts, State, Trigger, target
-from procmond.collector import CycleResult
-from procmond.messages import CollectTick, UpdateConfig
-from procmond.process_event import ProcessEvent
-from procmond.registration import RegistrationSettings
+from procmond.collect.collector import CycleResult
+from procmond.collect.process_event import ProcessEvent
+from procmond.daemon.messages import CollectTick, UpdateConfig
+from procmond.daemon.registration import RegistrationSettings
 
 # -- deadlines (fault 6) ----------------------------------------------------------
 

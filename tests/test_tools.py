@@ -20,8 +20,8 @@ import pytest
 from e2e_support import churn_child, daemon, new_id, running_agent
 from redis.asyncio import Redis
 
-from procmond.agent import Agent, AgentEvent, EventKind, Tracker
-from procmond.bus import RedisBus
+from procmond.agent.service import Agent, AgentEvent, EventKind, Tracker
+from procmond.bus.redis import RedisBus
 from procmond.ctl import (
     EXIT_ERROR,
     EXIT_NO_REDIS,

@@ -13,8 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import procmond.wal as wal_module
-from procmond.wal import (
+import procmond.store.wal as wal_module
+from procmond.store.wal import (
     FRAME_OVERHEAD,
     SEGMENT_HEADER_SIZE,
     WalClosedError,
@@ -25,7 +25,7 @@ from procmond.wal import (
     WriteAheadLog,
     segment_name,
 )
-from procmond.wal_format import segment_header
+from procmond.store.wal_format import segment_header
 
 
 def crash(wal: WriteAheadLog) -> None:

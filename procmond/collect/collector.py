@@ -60,8 +60,8 @@ from typing import Final
 
 import psutil
 
-from procmond.process_event import EventType, ProcessEvent  # what collect() produces
-from procmond.redact import redact_cmdline
+from procmond.collect.process_event import EventType, ProcessEvent  # what collect() produces
+from procmond.collect.redact import redact_cmdline
 
 __all__ = [
     "MAX_CMDLINE_BYTES",

@@ -6,7 +6,7 @@ explicit monotonic ``now`` (seconds), and what happened is appended to
 Inputs: :meth:`~Tracker.register`, :meth:`~Tracker.deregister`,
 :meth:`~Tracker.status` (announcements), :meth:`~Tracker.heartbeat` and
 :meth:`~Tracker.tick` (the lateness timer). The liveness, damping and
-sequence rules are described in :mod:`procmond.agent`; the bus layer is
+sequence rules are described in :mod:`procmond.agent.service`; the bus layer is
 :class:`procmond.agent.Agent`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from procmond.agent_schemas import HeartbeatFields, decode_heartbeat
+from procmond.agent.schemas import HeartbeatFields, decode_heartbeat
 
 __all__ = [
     "FAILED_MISSED",

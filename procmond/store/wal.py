@@ -9,7 +9,7 @@ never reused, continuing across restarts). The daemon appends an event here
 published in seq order, so an acknowledgement is a watermark.
 
 On disk the log is a directory (mode 0700) of segment files (mode 0600);
-their byte format, and the reading of it, is :mod:`procmond.wal_format`.
+their byte format, and the reading of it, is :mod:`procmond.store.wal_format`.
 
 Writes go straight to the kernel (``os.write``), so a crash of the process
 loses nothing; :meth:`WriteAheadLog.sync` makes them survive a crash of the
@@ -63,7 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from procmond.wal_format import (
+from procmond.store.wal_format import (
     DEFAULT_SEGMENT_BYTES,
     FRAME_HEAD,
     FRAME_OVERHEAD,

@@ -1,6 +1,6 @@
 """A process event as the collector saw it, and its wire form (protocol section 8).
 
-Kept apart from :mod:`procmond.collector` (which produces events) because
+Kept apart from :mod:`procmond.collect.collector` (which produces events) because
 the pipeline, the benchmarks and the tests build and encode events without
 collecting anything.
 """

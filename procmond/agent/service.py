@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Two layers, in the manner of h11 (STYLE.md):
 
-* :class:`Tracker` (in :mod:`procmond.tracker`) is the pure core. It does no
+* :class:`Tracker` (in :mod:`procmond.agent.tracker`) is the pure core. It does no
   I/O and reads no clock: every input carries an explicit monotonic ``now``
   (seconds), and what happened is appended to :attr:`Tracker.events` as
   :class:`AgentEvent` values for the caller to print. Inputs: :meth:`~Tracker.register`,
@@ -66,9 +66,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from procmond.agent_schemas import parse_deregister, parse_register
-from procmond.bus import Bus, BusError, ConnectionStatus, RedisBus
-from procmond.rpc import response_topic
+from procmond.agent.schemas import parse_deregister, parse_register
+from procmond.agent.tracker import (
+    FAILED_MISSED,
+    LATE_FACTOR,
+    MASS_MIN_COLLECTORS,
+    MAX_HEARTBEAT_BYTES,
+    AgentEvent,
+    CollectorRecord,
+    EventKind,
+    Liveness,
+    Registration,
+    Tracker,
+)
+from procmond.bus.redis import Bus, BusError, ConnectionStatus, RedisBus
+from procmond.daemon.rpc import response_topic
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
     MAX_MESSAGE_BYTES,
@@ -80,18 +92,6 @@ from procmond.schemas import (
     Status,
     loads_object,
     parse_request,
-)
-from procmond.tracker import (
-    FAILED_MISSED,
-    LATE_FACTOR,
-    MASS_MIN_COLLECTORS,
-    MAX_HEARTBEAT_BYTES,
-    AgentEvent,
-    CollectorRecord,
-    EventKind,
-    Liveness,
-    Registration,
-    Tracker,
 )
 
 __all__ = [
@@ -353,7 +353,7 @@ async def run_agent(
     stop: asyncio.Event | None = None,
 ) -> int:
     """``procmond agent``: run until ``stop`` is set (or SIGINT/SIGTERM); returns 0."""
-    from procmond.agent_view import JsonLines, LiveTable
+    from procmond.agent.view import JsonLines, LiveTable
 
     stop = stop or asyncio.Event()
     tracker = Tracker(assigned_interval_ms=heartbeat_interval_ms)

@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from procmond.bus import Bus, BusError, BusRefused, ConnectionStatus
-from procmond.process_event import ProcessEvent
-from procmond.wal import WalError, WalFullError, WalRecord, WriteAheadLog
+from procmond.bus.redis import Bus, BusError, BusRefused, ConnectionStatus
+from procmond.collect.process_event import ProcessEvent
+from procmond.store.wal import WalError, WalFullError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond.pipeline")
 

@@ -32,19 +32,19 @@ from contextlib import AsyncExitStack
 from typing import Final
 
 from fsm import Facts, Trigger
-from procmond.actor import Identity, ProcmondMonitorCollector, collector_settings
-from procmond.bus import RedisBus
-from procmond.collector import ProcessCollector
+from procmond.bus.redis import RedisBus
+from procmond.collect.collector import ProcessCollector
 from procmond.config import EXIT_BAD_CONFIG, Settings
+from procmond.daemon.actor import Identity, ProcmondMonitorCollector, collector_settings
+from procmond.daemon.messages import GracefulShutdown
+from procmond.daemon.registration import RegistrationManager, RegistrationSettings
+from procmond.daemon.rpc import RpcService
+from procmond.daemon.sdnotify import SystemdNotifier
 from procmond.discovery import display_url
 from procmond.embedded import EmbeddedRedisError, RedisServer
 from procmond.errors import StartupError
-from procmond.messages import GracefulShutdown
-from procmond.pipeline import EventPipeline
-from procmond.registration import RegistrationManager, RegistrationSettings
-from procmond.rpc import RpcService
-from procmond.sdnotify import SystemdNotifier
-from procmond.wal import WalError, WalRecord, WriteAheadLog
+from procmond.store.pipeline import EventPipeline
+from procmond.store.wal import WalError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond")
 

@@ -1,7 +1,7 @@
 """The collector actor: one task owns the collector's state.
 
 Everything that changes the collector goes through a bounded mailbox of
-messages (:mod:`procmond.mailbox`), each with a future for its answer (the
+messages (:mod:`procmond.daemon.mailbox`), each with a future for its answer (the
 "oneshot"). Admission is decided by :mod:`fsm`: a message the current
 lifecycle state does not accept is refused at once with the typed error of
 protocol section 4, and a full mailbox answers ``BUSY``; nothing ever blocks
@@ -30,11 +30,10 @@ from typing import Any, Final
 
 from fsm import Facts, Lifecycle, Operation, Refusal, State, Trigger
 from procmond import __version__
-from procmond.collector import CollectorSettings, ProcessCollector
-from procmond.errors import Refused
-from procmond.health import HealthInputs, assess
-from procmond.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
-from procmond.messages import (
+from procmond.collect.collector import CollectorSettings, ProcessCollector
+from procmond.daemon.health import HealthInputs, assess
+from procmond.daemon.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
+from procmond.daemon.messages import (
     CollectTick,
     GracefulShutdown,
     HealthCheck,
@@ -43,7 +42,7 @@ from procmond.messages import (
     UpdateConfig,
     refusal_error,
 )
-from procmond.pipeline import EventPipeline
+from procmond.errors import Refused
 from procmond.schemas import (
     CollectorConfig,
     ConfigValidationError,
@@ -55,7 +54,8 @@ from procmond.schemas import (
     apply_config_changes,
     changed_fields,
 )
-from procmond.wal import WalError
+from procmond.store.pipeline import EventPipeline
+from procmond.store.wal import WalError
 
 log = logging.getLogger("procmond.actor")
 

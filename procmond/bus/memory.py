@@ -13,7 +13,7 @@ import contextlib
 import fnmatch
 from collections.abc import Mapping, Sequence
 
-from procmond.bus_types import (
+from procmond.bus.types import (
     BusClosed,
     BusUnavailable,
     ConnectionStatus,

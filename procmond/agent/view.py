@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from procmond.schemas import now_timestamp
 
 if TYPE_CHECKING:
-    from procmond.agent import Agent, AgentEvent, CollectorRecord
+    from procmond.agent.service import Agent, AgentEvent, CollectorRecord
 
 __all__ = ["REDRAW_S", "JsonLines", "LiveTable", "event_line", "table_lines"]
 

@@ -1,7 +1,7 @@
 """The actor's messages and what their futures resolve to.
 
 Every message names the :class:`fsm.Operation` the lifecycle admits it by;
-:mod:`procmond.rpc` turns wire requests into these, and signals and timers
+:mod:`procmond.daemon.rpc` turns wire requests into these, and signals and timers
 send them too (STYLE: shutdown is a message in the same mailbox).
 """
 

@@ -27,11 +27,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from procmond.actor import ProcmondMonitorCollector
-from procmond.bus import Bus, BusError
-from procmond.errors import Refused
-from procmond.logs import RateLimitedLog
-from procmond.messages import (
+from procmond.bus.redis import Bus, BusError
+from procmond.daemon.actor import ProcmondMonitorCollector
+from procmond.daemon.messages import (
     CollectTick,
     GracefulShutdown,
     HealthCheck,
@@ -39,6 +37,8 @@ from procmond.messages import (
     Outcome,
     UpdateConfig,
 )
+from procmond.errors import Refused
+from procmond.logs import RateLimitedLog
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
     MAX_MESSAGE_BYTES,

@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from fsm import Facts, Operation, State, Trigger
-from procmond.actor import ProcmondMonitorCollector
-from procmond.bus import Bus, BusError, ConnectionStatus
+from procmond.bus.redis import Bus, BusError, ConnectionStatus
+from procmond.daemon.actor import ProcmondMonitorCollector
+from procmond.daemon.rpc import response_topic
 from procmond.logs import RateLimitedLog
-from procmond.rpc import response_topic
 from procmond.schemas import (
     AgentResponse,
     DeregisterPayload,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from procmond.daemon.messages import Message, Outcome
 from procmond.errors import Refused
-from procmond.messages import Message, Outcome
 
 __all__ = ["BUSY_RETRY_AFTER_MS", "DEFAULT_MAILBOX_SIZE", "Envelope", "Mailbox"]
 

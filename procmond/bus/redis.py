@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The daemon talks to a :class:`Bus` (declared, with the errors and the status,
-in :mod:`procmond.bus_types`). :class:`RedisBus` is the real one; with
+in :mod:`procmond.bus.types`). :class:`RedisBus` is the real one; with
 ``embedded.py`` it is the only module that imports redis.
 :class:`procmond.memory_bus.MemoryBus` is an in-memory fake with the same
 behaviour for the unit tests of the daemon's parts.
@@ -63,7 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from procmond.bus_types import (
+from procmond.bus.types import (
     Bus,
     BusClosed,
     BusError,

@@ -4,7 +4,7 @@
 :class:`procmond.bus.RedisBus` is the real one, and
 :class:`procmond.memory_bus.MemoryBus` the in-memory fake of the unit tests.
 The status semantics and the exception hierarchy are described in
-:mod:`procmond.bus`. This module imports no redis.
+:mod:`procmond.bus.redis`. This module imports no redis.
 """
 
 from __future__ import annotations
