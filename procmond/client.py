@@ -20,8 +20,8 @@ import uuid
 from typing import Any
 
 from procmond.bus.redis import Bus
-from procmond.daemon.rpc import collector_topic, response_topic
 from procmond.schemas import OutgoingRequest, loads_object
+from procmond.topics import collector_topic, response_topic
 
 
 class ClientError(Exception):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from procmond.errors import StartupError
+from procmond.errors import EXIT_BAD_CONFIG, StartupError
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
     CollectorConfig,
@@ -46,7 +46,6 @@ from procmond.schemas import (
 )
 
 #: Exit code for a bad setting (the conventional "usage" status).
-EXIT_BAD_CONFIG: Final = 2
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")

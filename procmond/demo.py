@@ -27,8 +27,9 @@ from typing import Final, TextIO
 
 from procmond.agent.service import Agent, AgentEvent, Tracker
 from procmond.bus.redis import BusError, RedisBus
-from procmond.daemon.run import EXIT_CODES
-from procmond.watch import EVENT_STREAMS, describe_control, describe_event
+from procmond.errors import EXIT_CODES
+from procmond.topics import EVENT_STREAMS
+from procmond.watch import describe_control, describe_event
 
 #: Events shown one by one per stream read; more are counted in one line.
 _EVENTS_SHOWN: Final = 12

@@ -15,12 +15,11 @@ Errors::
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -34,13 +33,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-PROTOCOL_VERSION: Final = 1
-#: Protocol section 1: larger messages are refused.
-MAX_MESSAGE_BYTES: Final = 1024 * 1024
-IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+from procmond.protocol import (
+    IDENTIFIER_PATTERN,
+    MAX_ID_CHARS,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ErrorCategory,
+    HealthStatus,
+    Status,
+)
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 # Timestamps arrive as RFC 3339 strings: parse them even in strict models,
@@ -108,38 +112,6 @@ class _Strict(BaseModel):
     """Base of incoming payloads: no coercion, unknown keys refused."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-# --------------------------------------------------------------------------
-# Enumerations of the protocol
-
-
-class Status(enum.StrEnum):
-    """Response status (protocol section 3)."""
-
-    SUCCESS = "Success"
-    ERROR = "Error"
-    TIMEOUT = "Timeout"
-    UNAVAILABLE = "Unavailable"
-
-
-class ErrorCategory(enum.StrEnum):
-    """``error.category`` (protocol section 3)."""
-
-    CONFIGURATION = "Configuration"
-    RESOURCE = "Resource"
-    COMMUNICATION = "Communication"
-    PERMISSION = "Permission"
-    INTERNAL = "Internal"
-    TIMEOUT = "Timeout"
-
-
-class HealthStatus(enum.StrEnum):
-    """Health verdict (protocol section 6)."""
-
-    HEALTHY = "Healthy"
-    DEGRADED = "Degraded"
-    UNHEALTHY = "Unhealthy"
 
 
 # --------------------------------------------------------------------------
@@ -315,21 +287,16 @@ class GracefulShutdownPayload(_Strict):
 
 OperationPayload = HealthCheckPayload | UpdateConfigPayload | GracefulShutdownPayload
 
-_PAYLOAD_MODELS: Final[dict[str, type[OperationPayload]]] = {
-    "HealthCheck": HealthCheckPayload,
-    "UpdateConfig": UpdateConfigPayload,
-    "GracefulShutdown": GracefulShutdownPayload,
-}
-SERVED_OPERATIONS: Final = tuple(_PAYLOAD_MODELS)
-
 
 class PayloadError(ValueError):
     """A payload breaks its operation's schema (``INVALID_REQUEST``)."""
 
 
-def parse_payload(operation: str, payload: dict[str, Any] | None) -> OperationPayload:
-    """Validate ``payload`` for one of :data:`SERVED_OPERATIONS`."""
-    model = _PAYLOAD_MODELS[operation]
+_P = TypeVar("_P", bound=_Strict)
+
+
+def parse_payload(model: type[_P], operation: str, payload: dict[str, Any] | None) -> _P:
+    """Validate ``payload`` of ``operation`` against its model (procmond.daemon.operations)."""
     if payload is None and model is not UpdateConfigPayload:
         payload = {}
     try:
@@ -539,7 +506,6 @@ __all__ = [
     "IDENTIFIER_PATTERN",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
-    "SERVED_OPERATIONS",
     "AgentResponse",
     "CollectorConfig",
     "ConfigValidationError",

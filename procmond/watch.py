@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from procmond.bus.redis import Bus, BusUnavailable
+from procmond.topics import EVENT_STREAMS
 
-EVENT_STREAMS: Final = ("events.process.start", "events.process.stop", "events.process.modify")
 #: How long one XREAD blocks; bounds how fast watch notices Ctrl-C or a closed bus.
 _XREAD_BLOCK_MS: Final = 1000
 

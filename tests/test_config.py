@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from procmond.cli import main
-from procmond.config import EXIT_BAD_CONFIG, Settings, build_settings, load_toml
-from procmond.errors import StartupError
+from procmond.config import Settings, build_settings, load_toml
+from procmond.errors import EXIT_BAD_CONFIG, StartupError
 from procmond.schemas import CollectorConfig
 
 NO_FLAGS: dict[str, object] = {}

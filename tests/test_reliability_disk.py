@@ -20,8 +20,8 @@ from e2e_support import daemon, new_id, poll, running_agent
 from redis.asyncio import Redis
 from reliability_support import Requests, blocked_children, record, release
 
-from procmond.daemon.run import EXIT_CANNOT_START
 from procmond.embedded import RedisServer
+from procmond.errors import EXIT_CANNOT_START
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -80,7 +80,6 @@ from procmond.agent.tracker import (
     Tracker,
 )
 from procmond.bus.redis import Bus, BusError, ConnectionStatus, RedisBus
-from procmond.daemon.rpc import response_topic
 from procmond.schemas import (
     IDENTIFIER_PATTERN,
     MAX_MESSAGE_BYTES,
@@ -93,6 +92,12 @@ from procmond.schemas import (
     loads_object,
     parse_request,
 )
+from procmond.topics import (
+    HEARTBEAT_PATTERN,
+    REGISTRATION_PATTERN,
+    STATUS_PATTERN,
+    response_topic,
+)
 
 __all__ = [
     "COLLECTOR_TYPE",
@@ -100,7 +105,7 @@ __all__ = [
     "HEARTBEAT_PATTERN",
     "LATE_FACTOR",
     "MASS_MIN_COLLECTORS",
-    "REGISTRATION_TOPIC",
+    "REGISTRATION_PATTERN",
     "STATUS_PATTERN",
     "Agent",
     "AgentEvent",
@@ -114,11 +119,9 @@ __all__ = [
 
 log = logging.getLogger("procmond.agent")
 
-REGISTRATION_TOPIC: Final = "control.collector.registration"
-HEARTBEAT_PATTERN: Final = "control.health.heartbeat.*"
-STATUS_PATTERN: Final = "control.health.status.*"
 _HEARTBEAT_PREFIX_LEN: Final = len(HEARTBEAT_PATTERN) - 1
 _STATUS_PREFIX_LEN: Final = len(STATUS_PATTERN) - 1
+_REGISTRATION_PREFIX_LEN: Final = len(REGISTRATION_PATTERN) - 1
 COLLECTOR_TYPE: Final = "process-monitor"
 
 #: Answers remembered for repeated request ids (collectors retry within seconds).
@@ -156,7 +159,7 @@ class Agent:
 
     async def start(self) -> None:
         """Subscribe (a RedisBus confirms them before it reports Connected)."""
-        await self.bus.subscribe(REGISTRATION_TOPIC, self._on_registration)
+        await self.bus.psubscribe(REGISTRATION_PATTERN, self._on_registration)
         await self.bus.psubscribe(STATUS_PATTERN, self._on_status)
         await self.bus.psubscribe(HEARTBEAT_PATTERN, self._on_heartbeat)
 
@@ -200,13 +203,18 @@ class Agent:
         self.tracker.status(channel[_STATUS_PREFIX_LEN:], document, self._clock())
         self._flush()
 
-    def _on_registration(self, channel: str, data: bytes) -> None:
+    def _on_registration(self, pattern: str, channel: str, data: bytes) -> None:
         started = self._clock()
         document = loads_object(data) if len(data) <= MAX_MESSAGE_BYTES else None
         client_id = document.get("client_id") if document is not None else None
         if document is None or not isinstance(client_id, str) or not _IDENTIFIER.match(client_id):
             self.rpc_malformed_total += 1
             log.debug("dropped an unanswerable message on %s", channel)
+            return
+        if client_id != channel[_REGISTRATION_PREFIX_LEN:]:
+            # Protocol section 2 (v2): a collector registers on its own topic only.
+            self.rpc_malformed_total += 1
+            log.debug("dropped a request from %r on %s, not its own topic", client_id, channel)
             return
         self.requests_total += 1
         raw_id = document.get("request_id")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
 from typing import Final, Protocol
 
 from procmond.logs import RateLimitedLog
+from procmond.protocol import ConnectionStatus
 
 __all__ = [
     "Bus",
@@ -34,14 +34,6 @@ logger = logging.getLogger("procmond.bus")
 # The same warning at most once per this many seconds (a dead server would
 # otherwise log on every reconnect attempt).
 LOG_INTERVAL_SECS: Final = 10.0
-
-
-class ConnectionStatus(StrEnum):
-    """Connection status as reported in HealthCheck (`connection_status`)."""
-
-    CONNECTED = "Connected"
-    DISCONNECTED = "Disconnected"
-    RECONNECTING = "Reconnecting"
 
 
 class BusError(Exception):

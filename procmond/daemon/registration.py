@@ -4,7 +4,7 @@ It drives the lifecycle's registration triggers and nothing else:
 
 * while ``unregistered`` and the bus is connected, it fires
   ``start_registration`` and sends a ``Register`` request on
-  ``control.collector.registration``, waiting 10 s for the agent's answer on
+  ``control.registration.{collector_id}``, waiting 10 s for the agent's answer on
   ``control.rpc.response.{collector_id}``;
 * ``Accepted`` fires ``registration_accepted``; anything else (rejection,
   timeout, bus failure) fires ``registration_failed`` and waits an
@@ -33,7 +33,7 @@ from typing import Any, Final
 from fsm import Facts, Operation, State, Trigger
 from procmond.bus.redis import Bus, BusError, ConnectionStatus
 from procmond.daemon.actor import ProcmondMonitorCollector
-from procmond.daemon.rpc import response_topic
+from procmond.daemon.operations import CAPABILITIES
 from procmond.logs import RateLimitedLog
 from procmond.schemas import (
     AgentResponse,
@@ -48,10 +48,10 @@ from procmond.schemas import (
     parse_agent_response,
     parse_registration_answer,
 )
+from procmond.topics import heartbeat_topic, registration_topic, response_topic, status_topic
 
 log = logging.getLogger("procmond.registration")
 
-REGISTRATION_TOPIC: Final = "control.collector.registration"
 #: Protocol section 7: each Register attempt waits 10 s for the answer.
 ATTEMPT_TIMEOUT_S: Final = 10.0
 #: Protocol section 7: backoff from 1 s to 60 s, +-20 % jitter.
@@ -64,17 +64,6 @@ DEREGISTER_TIMEOUT_S: Final = 2.0
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000
 #: At most one "could not publish" warning per topic per this many seconds.
 PUBLISH_WARNING_INTERVAL_S: Final = 10.0
-CAPABILITIES: Final = ("process-events", "health-check", "update-config", "graceful-shutdown")
-
-
-def status_topic(collector_id: str) -> str:
-    """Lifecycle announcements."""
-    return f"control.health.status.{collector_id}"
-
-
-def heartbeat_topic(collector_id: str) -> str:
-    """Heartbeats."""
-    return f"control.health.heartbeat.{collector_id}"
 
 
 def backoff_delays(
@@ -287,7 +276,7 @@ class RegistrationManager:
         request = OutgoingRequest.expiring(
             request_id=request_id,
             client_id=self._collector_id,
-            target=REGISTRATION_TOPIC,
+            target=registration_topic(self._collector_id),
             operation=operation,
             payload=payload,
             timeout_s=timeout,
@@ -295,9 +284,11 @@ class RegistrationManager:
         future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            receivers = await self._bus.publish(REGISTRATION_TOPIC, request.to_bytes())
+            receivers = await self._bus.publish(
+                registration_topic(self._collector_id), request.to_bytes()
+            )
             if receivers == 0:
-                log.warning("no agent listening on %s", REGISTRATION_TOPIC)
+                log.warning("no agent listening on %s", registration_topic(self._collector_id))
             async with asyncio.timeout(timeout):
                 while not future.done():
                     if only_while is not None and self._current_state() is not only_while:

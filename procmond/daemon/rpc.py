@@ -29,39 +29,23 @@ from typing import Any, Final
 
 from procmond.bus.redis import Bus, BusError
 from procmond.daemon.actor import ProcmondMonitorCollector
-from procmond.daemon.messages import (
-    CollectTick,
-    GracefulShutdown,
-    HealthCheck,
-    Message,
-    Outcome,
-    UpdateConfig,
-)
+from procmond.daemon.messages import Outcome
+from procmond.daemon.operations import SERVED_OPERATIONS, PayloadError, decode
 from procmond.errors import Refused
 from procmond.logs import RateLimitedLog
+from procmond.protocol import IDENTIFIER_PATTERN, MAX_MESSAGE_BYTES
 from procmond.schemas import (
-    IDENTIFIER_PATTERN,
-    MAX_MESSAGE_BYTES,
-    SERVED_OPERATIONS,
-    GracefulShutdownPayload,
-    OperationPayload,
-    PayloadError,
     RequestError,
     RpcErrorBody,
     RpcRequest,
     RpcResponse,
-    UpdateConfigPayload,
     loads_object,
-    parse_payload,
     parse_request,
 )
+from procmond.topics import collector_topic, response_topic
 
 log = logging.getLogger("procmond.rpc")
 
-#: Protocol section 4: any operation but GracefulShutdown times out after 30 s.
-EXECUTION_LIMIT_S: Final = 30.0
-#: GracefulShutdown answers within its own timeout; allow for the final sync.
-SHUTDOWN_ANSWER_MARGIN_S: Final = 5.0
 #: Answers remembered for repeated request ids. Agents retry within seconds;
 #: 10,000 entries cover minutes of heavy traffic at a few MB.
 DEDUPE_ENTRIES: Final = 10_000
@@ -75,27 +59,6 @@ MAX_CONCURRENT_ANSWERS: Final = 8
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _SALVAGE_CLIENT = re.compile(rb'"client_id"\s*:\s*"([a-z0-9][a-z0-9_-]{0,62})"')
 _SALVAGE_REQUEST = re.compile(rb'"request_id"\s*:\s*"([^"\\]{1,128})"')
-
-
-def collector_topic(collector_id: str) -> str:
-    """Where requests to ``collector_id`` arrive."""
-    return f"control.collector.{collector_id}"
-
-
-def response_topic(client_id: str) -> str:
-    """Where answers to ``client_id`` go."""
-    return f"control.rpc.response.{client_id}"
-
-
-def to_message(operation: str, payload: OperationPayload) -> Message:
-    """The actor message for a validated request."""
-    if isinstance(payload, UpdateConfigPayload):
-        return UpdateConfig(payload.changes, payload.validate_only)
-    if isinstance(payload, GracefulShutdownPayload):
-        return GracefulShutdown(payload.reason, payload.graceful_timeout_ms / 1000)
-    if operation == "HealthCheck":
-        return HealthCheck()
-    return CollectTick()  # pragma: no cover - SERVED_OPERATIONS has no other entry
 
 
 class RpcService:
@@ -221,8 +184,6 @@ class RpcService:
 
     async def _execute(self, request: RpcRequest, received: float) -> Outcome:
         operation = request.operation
-        if operation not in SERVED_OPERATIONS:
-            return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
         remaining = (request.deadline - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
             return Outcome(
@@ -231,14 +192,13 @@ class RpcService:
                 )
             )
         try:
-            payload = parse_payload(operation, request.payload)
+            decoded = decode(operation, request.payload)
         except PayloadError as exc:
             return Outcome(error=Refused.invalid_request(str(exc)))
-        message = to_message(operation, payload)
-        if isinstance(message, GracefulShutdown):
-            limit = message.timeout_s + SHUTDOWN_ANSWER_MARGIN_S
-        else:
-            limit = EXECUTION_LIMIT_S
+        if decoded is None:
+            return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
+        spec, message = decoded
+        limit = spec.limit_s(message)
         wait = min(remaining, limit)
         try:
             future = self._actor.offer(message, deadline=received + wait)

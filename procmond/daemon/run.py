@@ -34,7 +34,7 @@ from typing import Final
 from fsm import Facts, Trigger
 from procmond.bus.redis import RedisBus
 from procmond.collect.collector import ProcessCollector
-from procmond.config import EXIT_BAD_CONFIG, Settings
+from procmond.config import Settings
 from procmond.daemon.actor import Identity, ProcmondMonitorCollector, collector_settings
 from procmond.daemon.messages import GracefulShutdown
 from procmond.daemon.registration import RegistrationManager, RegistrationSettings
@@ -42,26 +42,18 @@ from procmond.daemon.rpc import RpcService
 from procmond.daemon.sdnotify import SystemdNotifier
 from procmond.discovery import display_url
 from procmond.embedded import EmbeddedRedisError, RedisServer
-from procmond.errors import StartupError
+from procmond.errors import (
+    EXIT_CANNOT_START,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REGISTRATION_FAILED,
+    StartupError,
+)
 from procmond.store.pipeline import EventPipeline
 from procmond.store.wal import WalError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond")
 
-EXIT_OK: Final = 0
-EXIT_INTERNAL: Final = 1
-EXIT_CANNOT_START: Final = 3
-EXIT_REGISTRATION_FAILED: Final = 4
-EXIT_INTERRUPTED: Final = 130
-EXIT_CODES: Final = {
-    EXIT_OK: "drained and deregistered (GracefulShutdown, SIGTERM or SIGINT)",
-    EXIT_INTERNAL: "unexpected internal error",
-    EXIT_BAD_CONFIG: "invalid setting or command line",
-    EXIT_CANNOT_START: "cannot start: no Redis server binary, embedded Redis failed, "
-    "or the data directory's log is locked or unreadable",
-    EXIT_REGISTRATION_FAILED: "gave up registering after --registration-attempts failures",
-    EXIT_INTERRUPTED: "second SIGINT: exited at once; unsent events stay in the log",
-}
 #: How long shutdown waits for the last announcements and answers to go out.
 _FINAL_PUBLISH_S: Final = 3.0
 

@@ -40,6 +40,7 @@ from typing import Final
 from procmond.bus.redis import Bus, BusError, BusRefused, ConnectionStatus
 from procmond.collect.process_event import ProcessEvent
 from procmond.store.wal import WalError, WalFullError, WalRecord, WriteAheadLog
+from procmond.topics import EVENT_KINDS, stream_key
 
 log = logging.getLogger("procmond.pipeline")
 
@@ -64,7 +65,7 @@ class _Entry:
     fields: dict[str, str | bytes]
 
 
-_STREAM_KEYS: Final = {kind: f"events.process.{kind}" for kind in ("start", "stop", "modify")}
+_STREAM_KEYS: Final = {kind: stream_key(kind) for kind in EVENT_KINDS}
 #: One encoder for every event: ``json.dumps(..., separators=...)`` builds a new
 #: JSONEncoder per call (docs/performance.md, profile findings).
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
