@@ -10,15 +10,21 @@ Everything the daemon may do depends on where it is in that line, so the
 line is written down once, here, as three tables:
 
 ``STATES``
-    each state with one sentence of meaning and the wire code that refuses
+    each state with one sentence of meaning, the wire code that refuses
     an operation the state does not accept (``INVALID_STATE`` while the
-    collector is still coming up, ``SHUTTING_DOWN`` once it is leaving);
+    collector is still coming up, ``SHUTTING_DOWN`` once it is leaving), and
+    its :class:`Effects`: what the daemon keeps doing while in it
+    (:class:`Activity`: listening, collecting, heartbeating), what it does once
+    on entering or leaving it (:class:`Action`: send Register, announce, start
+    the drain, send Deregister, ...), its sd_notify lines and its effect on
+    health;
 ``TRANSITIONS``
     every allowed move as ``(trigger, sources, destination, guards)``; a
     guard is a named pure predicate over :class:`Facts`;
 ``ACCEPTS``
-    for each state, the set of operations (the wire RPCs of protocol
-    section 5 and the daemon's internal ticks) its mailbox admits.
+    for each state, the set of operations its mailbox admits: the wire RPCs
+    of protocol section 5 as declared, and the daemon's internal ticks as
+    its activities imply (a state that does not collect refuses CollectTick).
 
 :class:`Lifecycle` builds a ``transitions`` machine from those tables and
 exposes a small typed API: :meth:`Lifecycle.fire` moves the machine (or
@@ -29,7 +35,10 @@ wire code and the list of operations the state would accept.
 
 Like h11's state machine, this module does no I/O: it imports no asyncio,
 redis, psutil or pydantic, reads no clock, and never decides anything on
-its own. The daemon feeds it inputs and performs what the new state means.
+its own. The daemon's actor task, its only writer, feeds it inputs with the
+facts it holds at that moment (the guards read only those), and performs
+what :func:`move` says the change means: actions of the state left, then
+activities stopped and started, then actions of the state entered.
 The diagrams, the docs' tables and the mailbox are all derived from these
 tables: a transition written as code anywhere else would be invisible to
 them, so there must be none.
@@ -102,12 +111,14 @@ class Facts:
     """What the daemon knows when it fires a trigger; guards read only this.
 
     Each field defaults to the value under which the transition is normal,
-    so ``lifecycle.fire(trigger)`` with no facts takes the happy path.
+    so ``lifecycle.fire(trigger)`` with no facts takes the happy path. The
+    daemon computes every field at the moment it fires: ``bus_connected``
+    from the bus's status, ``answer_is_current`` by comparing the answer's
+    (or the expired timer's) request id with the Register attempt in flight.
     """
 
     bus_connected: bool = True
     answer_is_current: bool = True
-    drain_finished: bool = True
 
 
 Guard = Callable[[Facts], bool]
@@ -119,13 +130,76 @@ def bus_connected(facts: Facts) -> bool:
 
 
 def answer_is_current(facts: Facts) -> bool:
-    """Only the answer to the attempt in flight may complete registration."""
+    """Only the outcome of the attempt in flight (its answer or its timeout) counts."""
     return facts.answer_is_current
 
 
-def drain_finished(facts: Facts) -> bool:
-    """Deregistration waits until events are flushed or the timeout ran out."""
-    return facts.drain_finished
+class Activity(enum.StrEnum):
+    """What the daemon keeps doing for as long as it is in a state."""
+
+    #: Subscribed to its request topic and to its own response topic.
+    LISTEN = "listen"
+    #: A collection cycle every interval (admits CollectTick).
+    COLLECT = "collect"
+    #: A heartbeat every interval (admits HeartbeatTick).
+    HEARTBEAT = "heartbeat"
+
+
+class Action(enum.StrEnum):
+    """What the daemon does once, on entering or leaving a state."""
+
+    #: Schedule the next Register attempt: at once the first time, after
+    #: the backoff of protocol section 7 after a failure (or give up after
+    #: the configured number of failures).
+    SCHEDULE_REGISTRATION = "schedule registration"
+    #: Send a Register request; its id becomes the attempt in flight.
+    SEND_REGISTER = "send Register"
+    #: Forget the attempt in flight: a late answer to it is stale.
+    END_ATTEMPT = "end attempt"
+    #: Publish the state on ``control.health.status.{collector_id}``.
+    ANNOUNCE = "announce"
+    #: Send a heartbeat at once (the first one right after ``ready``).
+    HEARTBEAT_NOW = "heartbeat now"
+    #: Finish the cycle, flush events and sync the log; answer GracefulShutdown.
+    START_DRAIN = "start drain"
+    #: Send Deregister (if a registration was ever accepted) and wait <= 2 s.
+    SEND_DEREGISTER = "send Deregister"
+    #: Let the last announcements go out (bounded), then end the actor.
+    STOP = "stop"
+
+
+class Severity(enum.StrEnum):
+    """How a state weighs on the health verdict; the value is the wire spelling."""
+
+    DEGRADED = "Degraded"
+    UNHEALTHY = "Unhealthy"
+
+
+@dataclass(frozen=True)
+class HealthEffect:
+    """A state's contribution to health: a severity and the reason given."""
+
+    severity: Severity
+    reason: str
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What a state means for the daemon (STYLE 9: the table drives, the code performs)."""
+
+    activities: frozenset[Activity]
+    on_enter: tuple[Action, ...] = ()
+    on_exit: tuple[Action, ...] = ()
+    #: sd_notify lines sent on entering, besides ``STATUS=`` + :attr:`status`.
+    sd_notify: tuple[str, ...] = ()
+    #: The ``STATUS=`` text for systemd.
+    status: str = ""
+    health: HealthEffect | None = None
+
+    @property
+    def announced(self) -> bool:
+        """True when entering the state is announced on the status topic."""
+        return Action.ANNOUNCE in self.on_enter
 
 
 @dataclass(frozen=True)
@@ -135,6 +209,7 @@ class StateSpec:
     state: State
     meaning: str
     refusal: RefusalCode
+    effects: Effects
     terminal: bool = False
 
 
@@ -151,31 +226,69 @@ class TransitionSpec:
 
 INITIAL: Final = State.UNREGISTERED
 
+_NOT_REGISTERED: Final = "not registered (state {state})"
+
 STATES: Final[tuple[StateSpec, ...]] = (
     StateSpec(
         State.UNREGISTERED,
         "Started (or a registration attempt failed); collecting, not yet known to the agent.",
         RefusalCode.INVALID_STATE,
+        Effects(
+            frozenset({Activity.LISTEN, Activity.COLLECT}),
+            on_enter=(Action.SCHEDULE_REGISTRATION,),
+            status="unregistered: collecting, waiting to register with the agent",
+            health=HealthEffect(Severity.DEGRADED, _NOT_REGISTERED),
+        ),
     ),
     StateSpec(
         State.REGISTERING,
         "A Register request is in flight and its answer awaited.",
         RefusalCode.INVALID_STATE,
+        Effects(
+            frozenset({Activity.LISTEN, Activity.COLLECT}),
+            on_enter=(Action.SEND_REGISTER,),
+            on_exit=(Action.END_ATTEMPT,),
+            status="registering with the agent",
+            health=HealthEffect(Severity.DEGRADED, _NOT_REGISTERED),
+        ),
     ),
     StateSpec(
         State.READY,
         "Accepted by the agent: collecting, heartbeating and serving every RPC.",
         RefusalCode.INVALID_STATE,
+        Effects(
+            frozenset({Activity.LISTEN, Activity.COLLECT, Activity.HEARTBEAT}),
+            # Protocol section 7: the first heartbeat right after `ready`.
+            on_enter=(Action.ANNOUNCE, Action.HEARTBEAT_NOW),
+            sd_notify=("READY=1",),
+            status="ready: registered, collecting and heartbeating",
+        ),
     ),
     StateSpec(
         State.DRAINING,
         "Leaving: finishing the cycle, flushing events and the log; only HealthCheck is served.",
         RefusalCode.SHUTTING_DOWN,
+        Effects(
+            # Still heartbeating (protocol section 7) so the agent can watch it leave.
+            frozenset({Activity.LISTEN, Activity.HEARTBEAT}),
+            on_enter=(Action.ANNOUNCE, Action.START_DRAIN),
+            # Protocol section 7: Deregister "on the way out of draining".
+            on_exit=(Action.SEND_DEREGISTER,),
+            sd_notify=("STOPPING=1",),
+            status="draining: finishing the cycle and flushing events",
+            health=HealthEffect(Severity.UNHEALTHY, "state is {state}"),
+        ),
     ),
     StateSpec(
         State.DEREGISTERED,
         "Gone: deregistered and about to exit; nothing is served.",
         RefusalCode.SHUTTING_DOWN,
+        Effects(
+            frozenset(),
+            on_enter=(Action.ANNOUNCE, Action.STOP),
+            status="deregistered: exiting",
+            health=HealthEffect(Severity.UNHEALTHY, "state is {state}"),
+        ),
         terminal=True,
     ),
 )
@@ -201,13 +314,15 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
         Trigger.REGISTRATION_FAILED,
         (State.REGISTERING,),
         State.UNREGISTERED,
-        "The attempt was rejected, timed out or could not be sent; it is retried with backoff.",
+        "The attempt in flight was rejected, timed out or could not be sent; retried with backoff.",
+        (answer_is_current,),
     ),
     TransitionSpec(
         Trigger.BUS_RESTORED,
         (State.READY,),
         State.REGISTERING,
-        "The bus came back after a loss; register again so the agent learns of us.",
+        "The bus came back after a loss and is up; register again so the agent learns of us.",
+        (bus_connected,),
     ),
     TransitionSpec(
         Trigger.SHUTDOWN_REQUESTED,
@@ -219,30 +334,34 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
         Trigger.DRAIN_COMPLETE,
         (State.DRAINING,),
         State.DEREGISTERED,
-        "Events flushed and the log synced (or the drain timeout ran out); deregister and exit.",
-        (drain_finished,),
+        "The drain ended: events flushed and the log synced, or its timeout ran out.",
     ),
 )
 
-_EVERY_LIVE_OP: Final = frozenset(
-    {
-        Operation.HEALTH_CHECK,
-        Operation.GRACEFUL_SHUTDOWN,
-        Operation.COLLECT_TICK,
-    }
-)
+_LIVE_RPCS: Final = frozenset({Operation.HEALTH_CHECK, Operation.GRACEFUL_SHUTDOWN})
 
-ACCEPTS: Final[Mapping[State, frozenset[Operation]]] = {
-    State.UNREGISTERED: _EVERY_LIVE_OP,
-    State.REGISTERING: _EVERY_LIVE_OP,
-    State.READY: _EVERY_LIVE_OP | {Operation.UPDATE_CONFIG, Operation.HEARTBEAT_TICK},
-    # A draining collector still answers health checks and keeps heartbeating
-    # (protocol section 7) so the agent can watch it leave; it collects no more.
-    State.DRAINING: frozenset({Operation.HEALTH_CHECK, Operation.HEARTBEAT_TICK}),
+#: The wire operations each state serves (protocol section 5).
+WIRE_ACCEPTS: Final[Mapping[State, frozenset[Operation]]] = {
+    State.UNREGISTERED: _LIVE_RPCS,
+    State.REGISTERING: _LIVE_RPCS,
+    State.READY: _LIVE_RPCS | {Operation.UPDATE_CONFIG},
+    State.DRAINING: frozenset({Operation.HEALTH_CHECK}),
     State.DEREGISTERED: frozenset(),
 }
 
+#: The tick each activity is driven by.
+TICKS: Final[Mapping[Activity, Operation]] = {
+    Activity.COLLECT: Operation.COLLECT_TICK,
+    Activity.HEARTBEAT: Operation.HEARTBEAT_TICK,
+}
+
 _SPEC_BY_STATE: Final = {spec.state: spec for spec in STATES}
+
+#: Everything each state admits: its wire operations and the ticks of its activities.
+ACCEPTS: Final[Mapping[State, frozenset[Operation]]] = {
+    state: wire | {TICKS[a] for a in _SPEC_BY_STATE[state].effects.activities if a in TICKS}
+    for state, wire in WIRE_ACCEPTS.items()
+}
 
 
 class LifecycleError(Exception):
@@ -349,6 +468,48 @@ def target(state: State, trigger: Trigger) -> State | None:
 def is_terminal(state: State) -> bool:
     """True for the absorbing state(s)."""
     return _SPEC_BY_STATE[state].terminal
+
+
+def effects(state: State) -> Effects:
+    """What ``state`` means for the daemon."""
+    return _SPEC_BY_STATE[state].effects
+
+
+def is_live(state: State) -> bool:
+    """True while the daemon listens for requests (every state but the terminal one)."""
+    return Activity.LISTEN in effects(state).activities
+
+
+@dataclass(frozen=True)
+class Move:
+    """What a change of state asks the daemon to do, in this order."""
+
+    old: State
+    new: State
+    exit_actions: tuple[Action, ...]
+    stop: frozenset[Activity]
+    start: frozenset[Activity]
+    enter_actions: tuple[Action, ...]
+
+
+def move(old: State, new: State) -> Move:
+    """The effects of going from ``old`` to ``new``: actions of the state left, activities
+    stopped and started (only those that differ), then actions of the state entered."""
+    before, after = effects(old), effects(new)
+    return Move(
+        old,
+        new,
+        before.on_exit,
+        before.activities - after.activities,
+        after.activities - before.activities,
+        after.on_enter,
+    )
+
+
+def initial_move() -> Move:
+    """Entering the initial state at start-up: its activities and its entry actions."""
+    first = effects(INITIAL)
+    return Move(INITIAL, INITIAL, (), frozenset(), first.activities, first.on_enter)
 
 
 def machine_config() -> dict[str, Any]:

@@ -30,7 +30,6 @@ TOML file (``--config`` / ``PROCMOND_CONFIG``), every key optional::
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from procmond.errors import EXIT_BAD_CONFIG, StartupError
+from procmond.protocol import IDENTIFIER, IDENTIFIER_PATTERN
 from procmond.schemas import (
-    IDENTIFIER_PATTERN,
     CollectorConfig,
     ConfigValidationError,
     apply_config_changes,
@@ -47,7 +46,6 @@ from procmond.schemas import (
 
 #: Exit code for a bad setting (the conventional "usage" status).
 
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 
@@ -135,7 +133,7 @@ def build_settings(
         values["redis_url"] = redis_url
     collector_id = pick("collector_id")
     if collector_id is not None:
-        if not isinstance(collector_id, str) or not _IDENTIFIER.match(collector_id):
+        if not isinstance(collector_id, str) or not IDENTIFIER.fullmatch(collector_id):
             raise _bad("collector_id", f"must match {IDENTIFIER_PATTERN}")
         values["collector_id"] = collector_id
     data_dir = pick("data_dir")

@@ -10,9 +10,11 @@ so the lightest tool (``procmond ctl``) can use it.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Final
 
 __all__ = [
+    "IDENTIFIER",
     "IDENTIFIER_PATTERN",
     "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
@@ -27,9 +29,12 @@ __all__ = [
 PROTOCOL_VERSION: Final = 2
 #: Protocol section 1: larger messages are refused.
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
-#: Protocol section 1 (v2): identifiers match as a whole string; ``\Z``, not ``$``,
-#: so that not even a trailing newline passes.
-IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}\Z"
+#: Protocol section 1: identifiers. v2: they match as a whole string, not even a
+#: trailing newline may follow. pydantic's (Rust) regex reads ``$`` as the end of
+#: the text; Python's ``re`` lets ``$`` match before a final newline, so Python
+#: code matches this with ``re.fullmatch`` (:data:`IDENTIFIER`), never ``match``.
+IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+IDENTIFIER: Final = re.compile(IDENTIFIER_PATTERN.removesuffix("$"))
 #: Protocol sections 3 and 10: ``request_id`` and ``correlation_id`` length limit.
 MAX_ID_CHARS: Final = 128
 

@@ -1,19 +1,30 @@
-"""The collector actor: one task owns the collector's state.
+"""The collector actor: one task owns the lifecycle and everything it drives.
 
-Everything that changes the collector goes through a bounded mailbox of
-messages (:mod:`procmond.daemon.mailbox`), each with a future for its answer (the
-"oneshot"). Admission is decided by :mod:`fsm`: a message the current
-lifecycle state does not accept is refused at once with the typed error of
-protocol section 4, and a full mailbox answers ``BUSY``; nothing ever blocks
-the caller. Accepted messages
-are executed one at a time, in arrival order, and checked against the state
-again when their turn comes (the state may have moved meanwhile).
+Theory of operation
+-------------------
+Everything that changes the collector reaches one task as a message in a
+bounded mailbox (:mod:`procmond.daemon.mailbox`): the agent's RPCs (through
+:mod:`procmond.daemon.rpc`), the daemon's ticks, and the *inputs* the other
+parts report (a registration is due, a Register outcome, the bus is back,
+the drain ended; :mod:`procmond.daemon.messages`). Admission is decided by
+:mod:`fsm`: an operation the current state does not accept is refused at
+once with the typed error of protocol section 4, an input whose trigger the
+state does not declare is dropped, a full mailbox answers ``BUSY``; nothing
+ever blocks the caller. Accepted messages are handled one at a time, in
+arrival order, and checked against the state again when their turn comes.
 
-The collection cycle runs on a worker thread, so HealthCheck is answered
-while a cycle runs. UpdateConfig is applied only between cycles and answered
-once in effect. GracefulShutdown starts the drain as a task of its own (the
-mailbox keeps serving HealthCheck) and is answered when the drain is done.
-When the actor stops, every message still queued is answered
+This task is the lifecycle's only writer (STYLE 10). It fires a trigger
+with the facts it holds at that moment (is the bus connected now; is this
+the answer to the attempt in flight), and when the state changes it
+performs what :func:`fsm.move` says the change means, in order: the actions
+of the state left, the activities stopped and started (listening,
+collecting, heartbeating), the actions of the state entered (send Register,
+announce, start the drain, send Deregister, stop). No state name is
+compared here: the table decides, the actor performs.
+
+Every task the actor starts (cycle, ticker, heartbeat timer, publisher,
+registration timers, drain) belongs to its task group, so none outlives it;
+when the actor stops, every message still queued is answered
 ``SHUTTING_DOWN``: no caller hangs.
 """
 
@@ -21,74 +32,78 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Protocol
 
-from fsm import Facts, Lifecycle, Operation, Refusal, State, Trigger
-from procmond import __version__
-from procmond.collect.collector import CollectorSettings, ProcessCollector
+from fsm import (
+    Action,
+    Activity,
+    Facts,
+    Lifecycle,
+    Move,
+    Refusal,
+    State,
+    Trigger,
+    initial_move,
+    move,
+    transition_for,
+)
+from procmond.bus.types import Bus
+from procmond.collect.collector import ProcessCollector
+from procmond.daemon.collection import Collection
+from procmond.daemon.drain import drain
 from procmond.daemon.health import HealthInputs, assess
 from procmond.daemon.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
 from procmond.daemon.messages import (
+    BusRestored,
     CollectTick,
+    DrainFinished,
+    DrainReport,
     GracefulShutdown,
     HealthCheck,
+    HeartbeatTick,
+    Input,
     Message,
     Outcome,
+    RegisterOutcome,
+    RegistrationDue,
+    Request,
     UpdateConfig,
     refusal_error,
 )
+from procmond.daemon.readiness import Counter
+from procmond.daemon.registration import Identity, Registrar, RegistrationSettings
 from procmond.errors import Refused
-from procmond.schemas import (
-    CollectorConfig,
-    ConfigValidationError,
-    HealthMetrics,
-    HealthPayload,
-    HealthStatus,
-    ShutdownResult,
-    UpdateConfigResult,
-    apply_config_changes,
-    changed_fields,
-)
+from procmond.protocol import ConnectionStatus
+from procmond.schemas import CollectorConfig, HealthMetrics, HealthPayload, HealthStatus
 from procmond.store.pipeline import EventPipeline
-from procmond.store.wal import WalError
+
+__all__ = ["FINAL_PUBLISH_S", "ProcmondMonitorCollector", "Service", "StateListener"]
 
 log = logging.getLogger("procmond.actor")
 
-#: Backpressure (issue 3): above 70 % buffer the interval stretches by this
-#: factor, and returns below 50 %; at 100 % collection pauses.
-BACKPRESSURE_ON_PERCENT: Final = 70.0
-BACKPRESSURE_OFF_PERCENT: Final = 50.0
-BACKPRESSURE_FACTOR: Final = 4.0
+#: How long ``stop`` waits for the last announcements to go out.
+FINAL_PUBLISH_S: Final = 3.0
+#: How long ``send Deregister`` first waits for answers being published
+#: (protocol section 6: GracefulShutdown is answered before Deregister).
+ANSWERS_SETTLE_S: Final = 1.0
+
+StateListener = Callable[[State, State, Trigger], None]
+_INPUTS: Final = (RegistrationDue, RegisterOutcome, BusRestored, DrainFinished)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who this collector is, for health payloads and announcements."""
+class Service(Protocol):
+    """A part that listens on the bus while the lifecycle's ``listen`` activity runs."""
 
-    collector_id: str
-    boot_id: str
-    hostname: str
-    pid: int
-    version: str = __version__
-
-
-@dataclass
-class DrainReport:
-    """The outcome of a drain, for the Deregister request."""
-
-    reason: str
-    result: ShutdownResult
-    #: Events seen but never written to the log (it refused them): lost at exit.
-    unlogged: int = 0
+    async def start(self) -> None: ...
+    async def settle(self, timeout: float) -> None: ...
+    async def close(self, timeout: float = 2.0) -> None: ...
 
 
 class ProcmondMonitorCollector:
-    """The actor. Create it, then run :meth:`run` in a task group."""
+    """The actor. Create it, attach its services, then run :meth:`run` in a task group."""
 
     def __init__(
         self,
@@ -96,47 +111,53 @@ class ProcmondMonitorCollector:
         config: CollectorConfig,
         collector: ProcessCollector,
         pipeline: EventPipeline,
+        bus: Bus,
         *,
-        connection_status: Callable[[], str],
+        registration: RegistrationSettings | None = None,
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
-        on_state_change: Callable[[State, State, Trigger], None] | None = None,
+        rng: random.Random | None = None,
+        on_give_up: Callable[[str], None] | None = None,
     ) -> None:
         self.identity = identity
-        self._config = config
-        self._config_version = 1
-        self._collector = collector
+        self._bus = bus
         self._pipeline = pipeline
-        self._connection_status = connection_status
+        self.collection = Collection(config, collector, pipeline)
+        self.registrar = Registrar(
+            bus,
+            identity,
+            registration,
+            tell=self.tell,
+            spawn=self._spawn,
+            rng=rng,
+            on_give_up=on_give_up,
+        )
         self._mailbox = Mailbox(mailbox_size)
-        self._listeners: list[Callable[[State, State, Trigger], None]] = []
-        if on_state_change is not None:
-            self._listeners.append(on_state_change)
+        self._services: list[Service] = []
+        self._listeners: list[StateListener] = []
         self.lifecycle = Lifecycle(on_change=self._state_changed)
         self._started_monotonic = time.monotonic()
-        self._collect_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="procmond-collect"
-        )
-        self._cycle: asyncio.Task[None] | None = None
-        self._drain: asyncio.Task[None] | None = None
-        self._tick_wake = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._owned: set[asyncio.Task[None]] = set()
+        self._activities: dict[Activity, asyncio.Task[None]] = {}
+        self._shutdown: tuple[GracefulShutdown, Envelope | None] | None = None
+        self._bus_lost = False
         self._stopped = False
-        self.drained: asyncio.Future[DrainReport] = asyncio.get_running_loop().create_future()
-        # metrics
-        self.processes_collected = 0
-        self.collection_cycles = 0
-        self.collection_errors = 0
-        self.process_errors = 0
-        self.consecutive_failures = 0
-        self.last_cycle_failed = False
-        self.last_cycle_ms: float | None = None
-        self.last_collection: datetime | None = None
-        self.last_error: str | None = None
-        self.wal_error: str | None = None
-        self.heartbeats_sent = 0
+        #: The drain's report once it ended (what the exit line says).
+        self.report: DrainReport | None = None
+        #: Times each state was entered, its effects performed (readiness).
+        self.entered: dict[State, Counter] = {state: Counter() for state in State}
         self.rpc_malformed_total = 0
-        self._backpressure = False
+        bus.add_status_listener(self._on_bus_status)
 
-    # -- public: lifecycle --------------------------------------------------
+    # -- wiring and public state ---------------------------------------------
+
+    def serve(self, service: Service) -> None:
+        """Have ``service`` listen while the lifecycle's ``listen`` activity runs."""
+        self._services.append(service)
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call ``listener(old, new, trigger)`` right after every move."""
+        self._listeners.append(listener)
 
     @property
     def state(self) -> State:
@@ -146,133 +167,135 @@ class ProcmondMonitorCollector:
     @property
     def config(self) -> CollectorConfig:
         """The configuration in effect."""
-        return self._config
+        return self.collection.config
 
     @property
-    def config_version(self) -> int:
-        """Starts at 1; grows by 1 with every update that changed something."""
-        return self._config_version
-
-    def add_state_listener(self, listener: Callable[[State, State, Trigger], None]) -> None:
-        """Call ``listener(old, new, trigger)`` after every move."""
-        self._listeners.append(listener)
-
-    def fire(self, trigger: Trigger, facts: Facts | None = None) -> bool:
-        """Move the lifecycle (registration manager and daemon inputs)."""
-        return self.lifecycle.fire(trigger, facts or Facts())
-
-    def admits(self, operation: Operation) -> bool:
-        """Whether the current state accepts ``operation``."""
-        return self.lifecycle.admit(operation).accepted
+    def mailbox(self) -> Mailbox:
+        """The mailbox (its counters: depth, peak, BUSY answers, messages taken)."""
+        return self._mailbox
 
     def _state_changed(self, old: State, new: State, trigger: Trigger) -> None:
         log.info("lifecycle %s -> %s (%s)", old.value, new.value, trigger.value)
         for listener in self._listeners:
             listener(old, new, trigger)
 
-    # -- public: mailbox ----------------------------------------------------
+    def _on_bus_status(self, status: ConnectionStatus) -> None:
+        if status is not ConnectionStatus.CONNECTED:
+            self._bus_lost = True
+        elif self._bus_lost:
+            self._bus_lost = False
+            self.tell(BusRestored())
 
-    @property
-    def mailbox_depth(self) -> int:
-        """Messages waiting."""
-        return len(self._mailbox)
+    # -- the mailbox's doors --------------------------------------------------
 
-    @property
-    def mailbox_high_water(self) -> int:
-        """The most requests the mailbox held (at most its size)."""
-        return self._mailbox.high_water
-
-    @property
-    def busy_total(self) -> int:
-        """Requests answered BUSY because the mailbox was full."""
-        return self._mailbox.busy_total
+    def _refusal(self, message: Request) -> Refused | None:
+        if self._stopped:
+            return Refused.shutting_down(self.state.value, {"operation": message.operation.value})
+        admission = self.lifecycle.admit(message.operation)
+        return refusal_error(admission) if isinstance(admission, Refusal) else None
 
     def offer(
-        self, message: Message, *, deadline: float | None = None, priority: bool = False
+        self, message: Request, *, deadline: float | None = None, priority: bool = False
     ) -> asyncio.Future[Outcome]:
         """Queue ``message``; its future resolves to an :class:`Outcome`.
 
         Raises :class:`Refused` at once when the state refuses the message or
-        the mailbox is full (``priority`` messages, signals, skip the bound).
+        the mailbox is full (``priority`` messages skip the bound).
         ``deadline`` is on the ``time.monotonic`` clock.
         """
-        if self._stopped:
-            raise Refused.shutting_down(self.state.value, {"operation": message.operation.value})
-        admission = self.lifecycle.admit(message.operation)
-        if isinstance(admission, Refusal):
-            raise refusal_error(admission)
+        refusal = self._refusal(message)
+        if refusal is not None:
+            raise refusal
         return self._mailbox.put(message, deadline=deadline, priority=priority)
 
-    def withdraw(self, future: asyncio.Future[Outcome]) -> bool:
-        """Take a still-queued message back (its caller gave up); False once it started."""
-        return self._mailbox.withdraw(future)
+    async def ask(
+        self, message: Request, deadline: float, *, deadline_name: str = "the deadline"
+    ) -> Outcome:
+        """Queue ``message`` and wait for its outcome until ``deadline`` (``time.monotonic``).
 
-    def tell(self, message: Message, *, priority: bool = False) -> bool:
-        """Fire and forget; False when refused or full."""
+        Refusals, ``BUSY``, ``DEADLINE_EXCEEDED`` (withdrawn, nothing ran) and
+        ``TIMEOUT`` all come back as outcomes: the caller never hangs.
+        """
+        refusal = self._refusal(message)
+        if refusal is not None:
+            return Outcome(error=refusal)
+        return await self._mailbox.ask(message, deadline, deadline_name=deadline_name)
+
+    def tell(self, message: Message, *, priority: bool = True) -> bool:
+        """Fire and forget the daemon's own messages (ticks, inputs, signals).
+
+        False when the current state does not take it (an input whose trigger
+        it does not declare, an operation it refuses) or the actor stopped.
+        """
+        if isinstance(message, _INPUTS):
+            if self._stopped or transition_for(self.state, message.trigger) is None:
+                log.debug("%s not taken in state %s", type(message).__name__, self.state.value)
+                return False
+            self._mailbox.put(message, priority=True)
+            return True
         try:
             self.offer(message, priority=priority)
         except Refused:
             return False
         return True
 
-    async def ask(self, message: Message, timeout: float) -> Outcome:
-        """Offer and wait at most ``timeout`` seconds (refusals come back as outcomes)."""
-        try:
-            future = self.offer(message, deadline=time.monotonic() + timeout)
-        except Refused as exc:
-            return Outcome(error=exc)
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(future)
+    # -- the actor task -------------------------------------------------------
 
-    # -- the actor task -----------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Start a task the actor's group owns."""
+        assert self._tasks is not None, "the actor is not running"
+        task = self._tasks.create_task(coro, name=name)
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
+        return task
 
-    async def run(self) -> None:
-        """Serve the mailbox until :meth:`stop`; owns the cycle and drain tasks."""
+    async def run(self) -> DrainReport | None:
+        """Enter the initial state and serve the mailbox until ``stop``; the drain's report."""
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                tasks.create_task(self._ticker(), name="procmond-ticker")
+                self._spawn(self.registrar.publisher(), "procmond-publisher")
+                await self._perform(initial_move())
                 while (envelope := await self._mailbox.get()) is not None:
                     await self._handle(envelope)
-                raise _Stop
-        except* _Stop:
-            pass
+                for task in list(self._owned):
+                    task.cancel()
         finally:
+            self._stopped = True
             self._fail_pending()
-            self._collect_thread.shutdown(wait=False, cancel_futures=True)
+            self.collection.close()
+        return self.report
 
     def stop(self) -> None:
-        """End the actor; queued messages are answered SHUTTING_DOWN."""
+        """End the actor from outside; queued messages are answered SHUTTING_DOWN."""
         self._stopped = True
         self._mailbox.close()
 
     def _fail_pending(self) -> None:
-        self._mailbox.fail_all(
-            lambda envelope: Refused.shutting_down(
-                self.state.value, {"operation": envelope.message.operation.value}
-            )
-        )
+        def error(envelope: Envelope) -> Refused:
+            name = getattr(envelope.message, "operation", type(envelope.message).__name__)
+            return Refused.shutting_down(self.state.value, {"operation": str(name)})
+
+        self._mailbox.fail_all(error)
 
     async def _handle(self, envelope: Envelope) -> None:
-        now = time.monotonic()
-        envelope.started_at = now
-        queue_ms = (now - envelope.enqueued_at) * 1000
-        if envelope.future.done():  # the caller gave up (timeout) before its turn
+        message = envelope.message
+        if not isinstance(message, Request):
+            await self._take_input(message)
+            envelope.future.set_result(Outcome())
             return
-        if envelope.deadline is not None and now >= envelope.deadline:
-            error = Refused.deadline_exceeded("the deadline passed while queued")
-            envelope.future.set_result(Outcome(error=error, queue_ms=queue_ms))
-            return
-        admission = self.lifecycle.admit(envelope.message.operation)
-        if isinstance(admission, Refusal):
-            envelope.future.set_result(Outcome(error=refusal_error(admission), queue_ms=queue_ms))
+        started = envelope.started_at
+        queue_ms = (started - envelope.enqueued_at) * 1000
+        refusal = self._refusal(message)
+        if refusal is not None:
+            envelope.future.set_result(Outcome(error=refusal, queue_ms=queue_ms))
             return
         try:
             if envelope.deadline is None:
-                payload = await self._execute(envelope)
+                payload = await self._execute(message, envelope)
             else:
-                async with asyncio.timeout_at(_loop_time(envelope.deadline)):
-                    payload = await self._execute(envelope)
+                async with asyncio.timeout(envelope.deadline - time.monotonic()):
+                    payload = await self._execute(message, envelope)
             outcome = Outcome(payload=payload)
         except _Deferred:
             return
@@ -281,217 +304,155 @@ class ProcmondMonitorCollector:
         except TimeoutError:
             outcome = Outcome(error=Refused.timeout("execution did not finish before the deadline"))
         except Exception as exc:  # the daemon keeps running (protocol section 4: INTERNAL)
-            log.exception("internal error handling %s", envelope.message.operation.value)
+            log.exception("internal error handling %s", message.operation.value)
             outcome = Outcome(error=Refused.internal(f"{type(exc).__name__}: {exc}"))
         if not envelope.future.done():
             outcome.queue_ms = queue_ms
-            outcome.execution_ms = _ms_since(now)
+            outcome.execution_ms = (time.monotonic() - started) * 1000
             envelope.future.set_result(outcome)
 
-    async def _execute(self, envelope: Envelope) -> dict[str, Any] | None:
-        message = envelope.message
+    async def _execute(self, message: Request, envelope: Envelope) -> dict[str, Any] | None:
         if isinstance(message, HealthCheck):
             return self.health().model_dump(mode="json")
         if isinstance(message, UpdateConfig):
-            return await self._update_config(message)
+            return await self.collection.update(message)
         if isinstance(message, CollectTick):
-            self._start_cycle()
+            self.collection.start_cycle(self._spawn)
+            return None
+        if isinstance(message, HeartbeatTick):
+            self.registrar.heartbeat(self.health())
             return None
         # GracefulShutdown: the drain answers the future itself, later.
-        self._begin_drain(message, envelope)
+        self._shutdown = (message, envelope)
+        await self._fire(Trigger.SHUTDOWN_REQUESTED, Facts())
         raise _Deferred
 
-    # -- collection ---------------------------------------------------------
+    # -- inputs, triggers and their effects -------------------------------------
 
-    def _effective_interval(self) -> float:
-        level = self._pipeline.level_percent
-        if self._backpressure and level < BACKPRESSURE_OFF_PERCENT:
-            self._backpressure = False
-            log.info("event buffer at %.0f%%: collection interval back to normal", level)
-        elif not self._backpressure and level >= BACKPRESSURE_ON_PERCENT:
-            self._backpressure = True
-            log.warning("event buffer at %.0f%%: collection interval stretched", level)
-        interval = self._config.collection_interval_secs
-        return interval * BACKPRESSURE_FACTOR if self._backpressure else interval
+    def _facts(self, message: Input) -> Facts:
+        """What the guards read, as the daemon knows it right now."""
+        return Facts(
+            bus_connected=self._bus.status is ConnectionStatus.CONNECTED,
+            answer_is_current=not isinstance(message, RegisterOutcome)
+            or message.request_id == self.registrar.attempt_id,
+        )
 
-    async def _ticker(self) -> None:
-        """Post a CollectTick every interval; the first at once (the baseline)."""
-        while True:
-            if self.lifecycle.admit(Operation.COLLECT_TICK).accepted:
-                self.tell(CollectTick(), priority=True)
-            elif self.state in (State.DRAINING, State.DEREGISTERED):
-                return
-            self._tick_wake.clear()
-            try:
-                async with asyncio.timeout(self._effective_interval()):
-                    await self._tick_wake.wait()
-            except TimeoutError:
-                pass
-
-    def _start_cycle(self) -> None:
-        if self._cycle is not None:
-            return  # a cycle is running: this tick folds into it
-        if self._pipeline.pending >= self._pipeline.capacity:
-            log.warning("event buffer full (%d events): collection paused", self._pipeline.pending)
+    async def _take_input(self, message: Input) -> None:
+        trigger = message.trigger
+        if transition_for(self.state, trigger) is None:
+            log.debug("%s ignored in state %s", type(message).__name__, self.state.value)
             return
-        self._cycle = self._tasks.create_task(self._run_cycle(), name="procmond-cycle")
+        facts = self._facts(message)
+        if not self.lifecycle.can_fire(trigger, facts):
+            log.info("%s refused by its guard in state %s", trigger.value, self.state.value)
+            if isinstance(message, RegistrationDue):
+                self.registrar.schedule()  # the bus dropped meanwhile: wait for it again
+            return
+        if isinstance(message, RegisterOutcome):
+            self.registrar.record(message)
+        elif isinstance(message, DrainFinished):
+            self.report = message.report
+        await self._fire(trigger, facts)
 
-    async def _run_cycle(self) -> None:
-        started = time.monotonic()
-        try:
-            pipeline = self._pipeline
-            if pipeline.unlogged:
-                # Events of an earlier cycle wait for room in the log: collecting now
-                # would move the collector's view further past them (pipeline.py).
-                await pipeline.retry_unlogged()
-                if pipeline.unlogged:
-                    raise _LogUnavailable(pipeline.log_error or "write-ahead log unavailable")
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._collect_thread, self._collector.collect)
-            await pipeline.submit(result.events)
-            if pipeline.log_error is not None:
-                raise _LogUnavailable(pipeline.log_error)
-        except _LogUnavailable as exc:
-            self.collection_errors += 1
-            self.consecutive_failures += 1
-            self.last_cycle_failed = True
-            self.last_error = self.wal_error = str(exc)
-            # pipeline.py logged the change of state; one line per cycle would flood.
-        except Exception as exc:
-            self.collection_errors += 1
-            self.consecutive_failures += 1
-            self.last_cycle_failed = True
-            # Log failures never get here: the pipeline holds the events and
-            # reports them through log_error (the branch above).
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("collection cycle failed: %s", self.last_error)
+    async def _fire(self, trigger: Trigger, facts: Facts) -> None:
+        old = self.state
+        if self.lifecycle.fire(trigger, facts):
+            await self._perform(move(old, self.state))
+
+    async def _perform(self, change: Move) -> None:
+        for action in change.exit_actions:
+            await self._act(action, change)
+        for activity in _in_order(change.stop):
+            await self._stop_activity(activity)
+        for activity in _in_order(change.start):
+            await self._start_activity(activity)
+        for action in change.enter_actions:
+            await self._act(action, change)
+        self.entered[change.new].add()
+
+    async def _act(self, action: Action, change: Move) -> None:
+        registrar = self.registrar
+        if action is Action.SCHEDULE_REGISTRATION:
+            registrar.schedule()
+        elif action is Action.SEND_REGISTER:
+            registrar.send_register()
+        elif action is Action.END_ATTEMPT:
+            registrar.end_attempt()
+        elif action is Action.ANNOUNCE:
+            registrar.announce(change.new)
+        elif action is Action.HEARTBEAT_NOW:
+            registrar.heartbeat(self.health())
+        elif action is Action.START_DRAIN:
+            self._spawn(self._drain(), "procmond-drain")
+        elif action is Action.SEND_DEREGISTER:
+            for service in self._services:
+                await service.settle(ANSWERS_SETTLE_S)
+            if self.report is not None:
+                await registrar.deregister(self.report)
+        elif action is Action.STOP:
+            if not await registrar.flush(FINAL_PUBLISH_S):
+                log.warning("final announcements did not go out in time")
+            self._mailbox.close()
+
+    async def _start_activity(self, activity: Activity) -> None:
+        if activity is Activity.LISTEN:
+            await self.registrar.listen()
+            for service in self._services:
+                await service.start()
+        elif activity is Activity.COLLECT:
+            ticker = self.collection.ticker(self.tell)
+            self._activities[activity] = self._spawn(ticker, "procmond-ticker")
+        elif activity is Activity.HEARTBEAT:
+            timer = self.registrar.heartbeat_timer()
+            self._activities[activity] = self._spawn(timer, "procmond-heartbeat")
+
+    async def _stop_activity(self, activity: Activity) -> None:
+        if activity is Activity.LISTEN:
+            self._fail_pending()  # answered while the services can still publish
+            for service in self._services:
+                await service.close(timeout=FINAL_PUBLISH_S)
+            await self.registrar.unlisten()
         else:
-            self.processes_collected = result.processes
-            self.process_errors += result.errors
-            self.consecutive_failures = 0
-            self.last_cycle_failed = False
-            self.wal_error = None
-            self.last_collection = datetime.now(UTC)
-        finally:
-            self.collection_cycles += 1
-            self.last_cycle_ms = round(_ms_since(started), 3)
-            self._cycle = None
+            task = self._activities.pop(activity, None)
+            if task is not None:
+                task.cancel()
 
-    async def _cycle_boundary(self) -> None:
-        cycle = self._cycle
-        if cycle is not None:
-            await asyncio.shield(cycle)
-
-    # -- configuration --------------------------------------------------------
-
-    async def _update_config(self, message: UpdateConfig) -> dict[str, Any]:
-        try:
-            new = apply_config_changes(self._config, message.changes)
-        except ConfigValidationError as exc:
-            raise Refused.validation_failed(exc.errors) from exc
-        if message.validate_only:
-            changed = changed_fields(self._config, new)
-            return UpdateConfigResult(
-                config_version=self._config_version, changed_fields=changed, config=new
-            ).model_dump(mode="json")
-        await self._cycle_boundary()
-        changed = changed_fields(self._config, new)
-        if changed:
-            self._apply(new)
-        return UpdateConfigResult(
-            config_version=self._config_version, changed_fields=changed, config=self._config
-        ).model_dump(mode="json")
-
-    def _apply(self, new: CollectorConfig) -> None:
-        old = self._config
-        self._config = new
-        self._config_version += 1
-        self._collector.update_settings(collector_settings(new))
-        self._pipeline.set_batch_size(new.max_events_in_flight)
-        if new.collection_interval_secs != old.collection_interval_secs:
-            self._tick_wake.set()
-        log.info("configuration version %d in effect: %s", self._config_version, new)
-
-    # -- drain ----------------------------------------------------------------
-
-    def _begin_drain(self, message: GracefulShutdown, envelope: Envelope) -> None:
-        self.fire(Trigger.SHUTDOWN_REQUESTED)
-        reason = message.reason or "GracefulShutdown requested"
-        self._drain = self._tasks.create_task(
-            self._run_drain(reason, message.timeout_s, envelope), name="procmond-drain"
+    async def _drain(self) -> None:
+        assert self._shutdown is not None
+        message, envelope = self._shutdown
+        mailbox = self._mailbox
+        report = await drain(
+            self._pipeline,
+            self.collection.boundary,
+            message.reason or "GracefulShutdown requested",
+            message.timeout_s,
+            mailbox_note=f"; mailbox peak {mailbox.high_water} of {mailbox.size}, "
+            f"{mailbox.busy_total} requests answered BUSY",
         )
-
-    async def _run_drain(self, reason: str, timeout_s: float, envelope: Envelope) -> None:
-        started = time.monotonic()
-        deadline = started + timeout_s
-        published_before = self._pipeline.events_published
-        complete = True
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._cycle_boundary()
-        except TimeoutError:
-            complete = False
-        remaining = max(0.0, deadline - time.monotonic())
-        complete = await self._pipeline.flush(remaining) and complete
-        while self._pipeline.unlogged and complete:
-            # Held events (the log was full): flushing freed room; log and flush them.
-            if not await self._pipeline.retry_unlogged():
-                break
-            remaining = max(0.0, deadline - time.monotonic())
-            complete = await self._pipeline.flush(remaining)
-        if self._pipeline.unlogged:
-            complete = False
-            log.error(
-                "%d events could not be written to the log before exit and are lost: %s",
-                self._pipeline.unlogged,
-                self._pipeline.log_error,
-            )
-        try:
-            await self._pipeline.sync()
-        except WalError as exc:
-            log.error("could not sync the write-ahead log during drain: %s", exc)
-        result = ShutdownResult(
-            events_flushed=self._pipeline.events_published - published_before,
-            wal_pending=self._pipeline.pending,
-            drain_ms=round(_ms_since(started), 3),
-            complete=complete,
-        )
-        log.info(
-            "drain %s in %.0f ms: %d events flushed, %d left in the log; "
-            "mailbox peak %d of %d, %d requests answered BUSY",
-            "complete" if complete else "timed out",
-            result.drain_ms,
-            result.events_flushed,
-            result.wal_pending,
-            self.mailbox_high_water,
-            self._mailbox.size,
-            self.busy_total,
-        )
-        if not envelope.future.done():
+        if envelope is not None and not envelope.future.done():
             envelope.future.set_result(
                 Outcome(
-                    payload=result.model_dump(mode="json"),
+                    payload=report.result.model_dump(mode="json"),
                     queue_ms=(envelope.started_at - envelope.enqueued_at) * 1000,
-                    execution_ms=_ms_since(envelope.started_at),
+                    execution_ms=(time.monotonic() - envelope.started_at) * 1000,
                 )
             )
-        if not self.drained.done():
-            self.drained.set_result(DrainReport(reason, result, self._pipeline.unlogged))
+        self.tell(DrainFinished(report))
 
-    # -- health -----------------------------------------------------------
+    # -- health -----------------------------------------------------------------
 
     def health_verdict(self) -> tuple[HealthStatus, list[str]]:
         """Protocol section 6's health status and reasons."""
-        wal = self._pipeline.wal
+        collection = self.collection
         status, reasons = assess(
             HealthInputs(
                 state=self.state,
-                connection_status=self._connection_status(),
+                connection_status=self._bus.status.value,
                 buffer_level_percent=self._pipeline.level_percent,
-                consecutive_failed_cycles=self.consecutive_failures,
-                last_cycle_failed=self.last_cycle_failed,
-                wal_near_cap=wal.usage_fraction >= 0.9,
-                wal_error=self.wal_error,
+                consecutive_failed_cycles=collection.consecutive_failures,
+                last_cycle_failed=collection.last_cycle_failed,
+                wal_near_cap=self._pipeline.wal.usage_fraction >= 0.9,
+                wal_error=collection.wal_error,
             )
         )
         return HealthStatus(status), reasons
@@ -499,60 +460,40 @@ class ProcmondMonitorCollector:
     def health(self) -> HealthPayload:
         """The HealthCheck answer."""
         status, reasons = self.health_verdict()
-        identity = self.identity
+        identity, collection, pipeline = self.identity, self.collection, self._pipeline
         return HealthPayload(
             collector_id=identity.collector_id,
             boot_id=identity.boot_id,
             state=self.state.value,
             status=status,
             reasons=reasons,
-            connection_status=self._connection_status(),
+            connection_status=self._bus.status.value,
             uptime_seconds=round(time.monotonic() - self._started_monotonic, 3),
             pid=identity.pid,
             hostname=identity.hostname,
             version=identity.version,
-            config=self._config,
-            config_version=self._config_version,
-            last_collection=self.last_collection,
+            config=collection.config,
+            config_version=collection.config_version,
+            last_collection=collection.last_collection,
             metrics=HealthMetrics(
-                processes_collected=self.processes_collected,
-                events_published=self._pipeline.events_published,
-                buffer_level_percent=self._pipeline.level_percent,
-                collection_cycles=self.collection_cycles,
-                collection_errors=self.collection_errors,
-                last_cycle_ms=self.last_cycle_ms,
-                wal_pending=self._pipeline.pending,
-                heartbeats_sent=self.heartbeats_sent,
+                processes_collected=collection.processes_collected,
+                events_published=pipeline.events_published,
+                buffer_level_percent=pipeline.level_percent,
+                collection_cycles=collection.cycles.value,
+                collection_errors=collection.collection_errors,
+                last_cycle_ms=collection.last_cycle_ms,
+                wal_pending=pipeline.pending,
+                heartbeats_sent=self.registrar.heartbeats_sent.value,
                 rpc_malformed_total=self.rpc_malformed_total,
             ),
         )
 
 
-def collector_settings(config: CollectorConfig) -> CollectorSettings:
-    """The collector's view of the configuration."""
-    return CollectorSettings(
-        max_processes=config.max_processes,
-        collect_enhanced_metadata=config.collect_enhanced_metadata,
-        compute_executable_hashes=config.compute_executable_hashes,
-    )
-
-
-class _LogUnavailable(Exception):  # noqa: N818 - a cycle outcome, reported in health
-    """The write-ahead log could not take this cycle's events (they are held)."""
-
-
-class _Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Ends the actor's task group."""
+def _in_order(activities: frozenset[Activity]) -> list[Activity]:
+    """Activities in declaration order (``listen`` first: subscribed before Register)."""
+    order = list(Activity)
+    return sorted(activities, key=order.index)
 
 
 class _Deferred(Exception):  # noqa: N818 - a control-flow signal, not an error
     """The handler answers later (GracefulShutdown)."""
-
-
-def _ms_since(start: float) -> float:
-    return (time.monotonic() - start) * 1000
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    """asyncio's clock is ``time.monotonic`` on every platform we run on."""
-    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())

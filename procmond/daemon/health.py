@@ -1,10 +1,13 @@
 """Health rules of protocol section 6, as one pure function.
 
-``Unhealthy`` when draining or deregistered, after 3 failed collection
-cycles in a row, or when the write-ahead log cannot be written; else
-``Degraded`` when not registered, the bus is not connected, the buffer is at
-70 % or more, the log is near its size cap, or the last cycle failed; else
-``Healthy``. Each applying condition is named in ``reasons``.
+The lifecycle state weighs in as its row of the table declares
+(:attr:`fsm.Effects.health`: ``draining`` and ``deregistered`` make the
+collector Unhealthy, ``unregistered`` and ``registering`` Degraded). Besides
+the state: ``Unhealthy`` after 3 failed collection cycles in a row, or when
+the write-ahead log cannot be written; ``Degraded`` when the bus is not
+connected, the buffer is at 70 % or more, the log is near its size cap, or
+the last cycle failed; else ``Healthy``. Each applying condition is named in
+``reasons``.
 """
 
 from __future__ import annotations
@@ -12,16 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from fsm import State
+from fsm import Severity, State, effects
+from procmond.protocol import ConnectionStatus, HealthStatus
 
 #: Protocol section 6: three failed cycles in a row make the collector Unhealthy.
 FAILED_CYCLES_UNHEALTHY: Final = 3
 #: Protocol section 6: Degraded from 70 % buffer level (also where backpressure starts).
 BUFFER_DEGRADED_PERCENT: Final = 70.0
-
-HEALTHY: Final = "Healthy"
-DEGRADED: Final = "Degraded"
-UNHEALTHY: Final = "Unhealthy"
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,19 @@ class HealthInputs:
     wal_error: str | None = None
 
 
-def assess(inputs: HealthInputs) -> tuple[str, list[str]]:
+def assess(inputs: HealthInputs) -> tuple[HealthStatus, list[str]]:
     """The health status and the reasons behind it."""
     unhealthy: list[str] = []
     degraded: list[str] = []
-    if inputs.state in (State.DRAINING, State.DEREGISTERED):
-        unhealthy.append(f"state is {inputs.state.value}")
+    state_effect = effects(inputs.state).health
+    if state_effect is not None:
+        weight = unhealthy if state_effect.severity is Severity.UNHEALTHY else degraded
+        weight.append(state_effect.reason.format(state=inputs.state.value))
     if inputs.consecutive_failed_cycles >= FAILED_CYCLES_UNHEALTHY:
         unhealthy.append(f"{inputs.consecutive_failed_cycles} collection cycles failed in a row")
     if inputs.wal_error is not None:
         unhealthy.append(f"write-ahead log unavailable: {inputs.wal_error}")
-    if inputs.state in (State.UNREGISTERED, State.REGISTERING):
-        degraded.append(f"not registered (state {inputs.state.value})")
-    if inputs.connection_status != "Connected":
+    if inputs.connection_status != ConnectionStatus.CONNECTED:
         degraded.append(f"bus {inputs.connection_status.lower()}")
     if inputs.buffer_level_percent >= BUFFER_DEGRADED_PERCENT:
         degraded.append(f"event buffer at {inputs.buffer_level_percent:.0f}%")
@@ -58,7 +58,7 @@ def assess(inputs: HealthInputs) -> tuple[str, list[str]]:
     if inputs.last_cycle_failed and inputs.consecutive_failed_cycles < FAILED_CYCLES_UNHEALTHY:
         degraded.append("last collection cycle failed")
     if unhealthy:
-        return UNHEALTHY, unhealthy + degraded
+        return HealthStatus.UNHEALTHY, unhealthy + degraded
     if degraded:
-        return DEGRADED, degraded
-    return HEALTHY, []
+        return HealthStatus.DEGRADED, degraded
+    return HealthStatus.HEALTHY, []

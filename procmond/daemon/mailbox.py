@@ -7,6 +7,13 @@ messages (the daemon's own ticks and signals) skip the bound, so a flood of
 requests cannot keep a SIGTERM out. A caller that gave up can take its
 message back while it still waits (:meth:`Mailbox.withdraw`). When the actor
 stops, :meth:`Mailbox.fail_all` answers everything still queued.
+
+Deadlines have one owner here (trio's scopes, pykka's ``ask``):
+:meth:`Mailbox.ask` answers ``DEADLINE_EXCEEDED`` when the deadline has
+passed before the message was taken (at once, or by withdrawing it), and
+``TIMEOUT`` when it was taken but not answered in time; :meth:`Mailbox.get`
+never hands out a message whose deadline passed while it waited. The actor
+bounds execution by the same deadline (:attr:`Envelope.deadline`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from procmond.daemon.messages import Message, Outcome
+from procmond.daemon.readiness import Counter
 from procmond.errors import Refused
 
-__all__ = ["BUSY_RETRY_AFTER_MS", "DEFAULT_MAILBOX_SIZE", "Envelope", "Mailbox"]
+__all__ = ["BUSY_RETRY_AFTER_MS", "DEFAULT_MAILBOX_SIZE", "Envelope", "Mailbox", "loop_time"]
 
 log = logging.getLogger("procmond.actor")
 
@@ -58,6 +66,8 @@ class Mailbox:
         #: The most messages held when a request was admitted: at most ``size``
         #: (priority messages are not bounded and not counted).
         self.high_water = 0
+        #: Messages handed to the consumer (readiness: "message taken").
+        self.taken = Counter()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -91,11 +101,57 @@ class Mailbox:
                 return True
         return False
 
+    async def ask(
+        self, message: Message, deadline: float, *, deadline_name: str = "the deadline"
+    ) -> Outcome:
+        """Queue ``message`` and wait for its answer until ``deadline`` (``time.monotonic``).
+
+        Never raises for the caller's sake: a full mailbox is a ``BUSY`` outcome,
+        a deadline that passed before the message was taken is
+        ``DEADLINE_EXCEEDED`` (the message is withdrawn, nothing ran), one that
+        passed while it ran is ``TIMEOUT`` naming ``deadline_name``.
+        """
+        received = time.monotonic()
+        if received >= deadline:
+            return Outcome(error=Refused.deadline_exceeded("the deadline had passed on arrival"))
+        try:
+            future = self.put(message, deadline=deadline)
+        except Refused as exc:
+            return Outcome(error=exc)
+        try:
+            async with asyncio.timeout_at(loop_time(deadline)):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # answered just as the timer fired: keep the answer
+            waited_ms = (time.monotonic() - received) * 1000
+            if self.withdraw(future):
+                error = Refused.deadline_exceeded("the deadline passed while queued")
+                return Outcome(error=error, queue_ms=waited_ms)
+            future.cancel()
+            error = Refused.timeout(f"execution did not finish within {deadline_name}")
+            return Outcome(error=error, execution_ms=waited_ms)
+
     async def get(self) -> Envelope | None:
-        """The next envelope, waiting for one; None once :meth:`close` was called."""
+        """The next envelope, waiting for one; None once :meth:`close` was called.
+
+        A message whose caller gave up, or whose deadline passed while it
+        waited, is answered (``DEADLINE_EXCEEDED``) and skipped.
+        """
         while not self._closed:
             if self._queue:
-                return self._queue.popleft()
+                envelope = self._queue.popleft()
+                now = time.monotonic()
+                if envelope.future.done():
+                    continue
+                if envelope.deadline is not None and now >= envelope.deadline:
+                    error = Refused.deadline_exceeded("the deadline passed while queued")
+                    queue_ms = (now - envelope.enqueued_at) * 1000
+                    envelope.future.set_result(Outcome(error=error, queue_ms=queue_ms))
+                    continue
+                envelope.started_at = now
+                self.taken.add()
+                return envelope
             self._mail.clear()
             await self._mail.wait()
         return None
@@ -112,3 +168,8 @@ class Mailbox:
             if not envelope.future.done():
                 queue_ms = (time.monotonic() - envelope.enqueued_at) * 1000
                 envelope.future.set_result(Outcome(error=error(envelope), queue_ms=queue_ms))
+
+
+def loop_time(monotonic_deadline: float) -> float:
+    """A ``time.monotonic`` instant on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())

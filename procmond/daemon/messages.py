@@ -1,8 +1,19 @@
 """The actor's messages and what their futures resolve to.
 
-Every message names the :class:`fsm.Operation` the lifecycle admits it by;
-:mod:`procmond.daemon.rpc` turns wire requests into these, and signals and timers
-send them too (STYLE: shutdown is a message in the same mailbox).
+Two kinds of message reach the actor's mailbox, and the lifecycle table
+admits both:
+
+* **operations** (:class:`fsm.Operation`): the wire RPCs, which
+  :mod:`procmond.daemon.operations` builds from requests, and the daemon's
+  own ticks; a state takes those its row accepts;
+* **lifecycle inputs**: what the registrar, the bus and the drain report
+  (a registration is due, an answer or a timeout, the bus is back, the drain
+  ended). Each names the :class:`fsm.Trigger` it would fire, and a state
+  takes it only when the table declares that trigger from it. Only the
+  actor fires triggers (STYLE 10: one writer); everyone else sends these.
+
+Signals and timers send messages too (STYLE: shutdown is a message in the
+same mailbox).
 """
 
 from __future__ import annotations
@@ -11,15 +22,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fsm import Operation, Refusal, RefusalCode
+from fsm import Operation, Refusal, RefusalCode, Trigger
 from procmond.errors import Refused
+from procmond.schemas import RegistrationAnswer, ShutdownResult
 
 __all__ = [
+    "BusRestored",
     "CollectTick",
+    "DrainFinished",
+    "DrainReport",
     "GracefulShutdown",
     "HealthCheck",
+    "HeartbeatTick",
+    "Input",
     "Message",
     "Outcome",
+    "RegisterOutcome",
+    "RegistrationDue",
+    "Request",
     "UpdateConfig",
     "refusal_error",
 ]
@@ -43,7 +63,7 @@ class UpdateConfig:
 
 @dataclass(frozen=True)
 class GracefulShutdown:
-    """Drain and leave."""
+    """Drain and leave (fires ``shutdown_requested``)."""
 
     reason: str | None = None
     timeout_s: float = 30.0
@@ -57,7 +77,74 @@ class CollectTick:
     operation: ClassVar[Operation] = Operation.COLLECT_TICK
 
 
-Message = HealthCheck | UpdateConfig | GracefulShutdown | CollectTick
+@dataclass(frozen=True)
+class HeartbeatTick:
+    """Send a heartbeat now."""
+
+    operation: ClassVar[Operation] = Operation.HEARTBEAT_TICK
+
+
+Request = HealthCheck | UpdateConfig | GracefulShutdown | CollectTick | HeartbeatTick
+
+
+@dataclass(frozen=True)
+class RegistrationDue:
+    """The registrar's timer ran out and the bus was connected: try to register."""
+
+    trigger: ClassVar[Trigger] = Trigger.START_REGISTRATION
+
+
+@dataclass(frozen=True)
+class RegisterOutcome:
+    """The agent's answer to a Register attempt, or the attempt's failure.
+
+    ``answer`` is None when the attempt timed out or could not be sent
+    (``why`` says which). Which attempt it concerns is ``request_id``: the
+    actor compares it with the attempt in flight (guard ``answer_is_current``).
+    """
+
+    request_id: str
+    answer: RegistrationAnswer | None
+    why: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        """True for an ``Accepted`` answer."""
+        return self.answer is not None and self.answer.status == "Accepted"
+
+    @property
+    def trigger(self) -> Trigger:
+        """``registration_accepted`` or ``registration_failed``."""
+        return Trigger.REGISTRATION_ACCEPTED if self.accepted else Trigger.REGISTRATION_FAILED
+
+
+@dataclass(frozen=True)
+class BusRestored:
+    """The bus reported Connected again after a loss."""
+
+    trigger: ClassVar[Trigger] = Trigger.BUS_RESTORED
+
+
+@dataclass
+class DrainReport:
+    """The outcome of a drain, for the Deregister request and the exit line."""
+
+    reason: str
+    result: ShutdownResult
+    #: Events seen but never written to the log (it refused them): lost at exit.
+    unlogged: int = 0
+
+
+@dataclass(frozen=True)
+class DrainFinished:
+    """The drain ended (flushed and synced, or its timeout ran out)."""
+
+    report: DrainReport
+    trigger: ClassVar[Trigger] = Trigger.DRAIN_COMPLETE
+
+
+Input = RegistrationDue | RegisterOutcome | BusRestored | DrainFinished
+Message = Request | Input
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fsm import Operation
-from procmond.daemon.messages import GracefulShutdown, HealthCheck, Message, UpdateConfig
+from procmond.daemon.messages import GracefulShutdown, HealthCheck, Request, UpdateConfig
 from procmond.schemas import (
     GracefulShutdownPayload,
     HealthCheckPayload,
@@ -32,7 +32,7 @@ __all__ = [
     "SHUTDOWN_ANSWER_MARGIN_S",
     "OperationSpec",
     "PayloadError",
-    "decode",
+    "spec_for",
 ]
 
 #: Protocol section 4: any operation but GracefulShutdown times out after 30 s.
@@ -47,18 +47,22 @@ class OperationSpec:
 
     operation: Operation
     payload: type[OperationPayload]
-    message: Callable[[Any], Message]
+    message: Callable[[Any], Request]
     capability: str
     #: Seconds the answer may take at most (before the caller's deadline applies).
-    limit_s: Callable[[Message], float]
+    limit_s: Callable[[Request], float]
+
+    def decode(self, payload: dict[str, Any] | None) -> Request:
+        """The actor message; :class:`PayloadError` when the payload breaks the schema."""
+        return self.message(parse_payload(self.payload, self.operation.value, payload))
 
 
-def _shutdown_limit(message: Message) -> float:
+def _shutdown_limit(message: Request) -> float:
     assert isinstance(message, GracefulShutdown)
     return message.timeout_s + SHUTDOWN_ANSWER_MARGIN_S
 
 
-def _fixed_limit(message: Message) -> float:
+def _fixed_limit(message: Request) -> float:
     return EXECUTION_LIMIT_S
 
 
@@ -94,12 +98,6 @@ CAPABILITIES: Final = ("process-events", *(spec.capability for spec in OPERATION
 _BY_NAME: Final = {op.value: spec for op, spec in OPERATIONS.items()}
 
 
-def decode(operation: str, payload: dict[str, Any] | None) -> tuple[OperationSpec, Message] | None:
-    """The spec and actor message for a request; None when the operation is not served.
-
-    Raises :class:`PayloadError` when the payload breaks the operation's schema.
-    """
-    spec = _BY_NAME.get(operation)
-    if spec is None:
-        return None
-    return spec, spec.message(parse_payload(spec.payload, operation, payload))
+def spec_for(operation: str) -> OperationSpec | None:
+    """The spec of a served operation by its wire name; None when not served."""
+    return _BY_NAME.get(operation)

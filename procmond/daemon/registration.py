@@ -1,22 +1,29 @@
-"""Registration manager: Register, ready, heartbeats, Deregister (protocol section 7).
+"""The collector's side of protocol section 7: Register, announcements, heartbeats, Deregister.
 
-It drives the lifecycle's registration triggers and nothing else:
+The :class:`Registrar` performs what the lifecycle table declares and
+reports what happened; it never fires a trigger (STYLE 10: only the actor
+does). The actor calls it for the table's actions and activities:
 
-* while ``unregistered`` and the bus is connected, it fires
-  ``start_registration`` and sends a ``Register`` request on
-  ``control.registration.{collector_id}``, waiting 10 s for the agent's answer on
-  ``control.rpc.response.{collector_id}``;
-* ``Accepted`` fires ``registration_accepted``; anything else (rejection,
-  timeout, bus failure) fires ``registration_failed`` and waits an
-  exponential backoff from 1 s to 60 s with +-20 % jitter;
-* when the bus comes back after a loss while ``ready``, it fires
-  ``bus_restored`` and registers again, so the agent learns of us again;
-* every state change worth announcing (``ready``, ``draining``,
-  ``deregistered``) is published on ``control.health.status.{id}``, in
-  order, by one announcer task;
-* heartbeats go out every interval while ``ready`` or ``draining``, the
-  first one right after each ``ready``, numbered from 1 for this boot; a
-  heartbeat that cannot be sent still uses its number.
+* ``schedule registration`` (entering ``unregistered``):
+  :meth:`Registrar.schedule` waits the retry delay (none before the first
+  attempt; then exponential backoff from 1 s to 60 s with +-20 % jitter),
+  then until the bus is connected, and sends the actor
+  :class:`~procmond.daemon.messages.RegistrationDue`; after
+  ``max_attempts`` failures in a row it gives up instead;
+* ``send Register`` (entering ``registering``): :meth:`Registrar.send_register`
+  publishes a ``Register`` on ``control.registration.{collector_id}``
+  (protocol v2) and makes its request id the attempt in flight. The answer on
+  ``control.rpc.response.{collector_id}``, or the 10 s timer, or a publish
+  failure, comes back to the actor as
+  :class:`~procmond.daemon.messages.RegisterOutcome` naming that id;
+* ``end attempt`` (leaving ``registering``): the attempt in flight is
+  forgotten, so a late answer to it is stale (guard ``answer_is_current``);
+* ``announce``: the new state is published on ``control.health.status.{id}``;
+  heartbeats (activity ``heartbeat``) go out through the same ordered
+  publisher, numbered from 1 for this boot; a heartbeat that cannot be sent
+  still uses its number;
+* ``send Deregister`` (leaving ``draining``): sent if the agent ever
+  accepted us, waiting at most 2 s for the answer.
 """
 
 from __future__ import annotations
@@ -25,30 +32,49 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from fsm import Facts, Operation, State, Trigger
-from procmond.bus.redis import Bus, BusError, ConnectionStatus
-from procmond.daemon.actor import ProcmondMonitorCollector
+from fsm import State
+from procmond.bus.types import Bus, BusError
+from procmond.daemon.messages import (
+    DrainReport,
+    HeartbeatTick,
+    Message,
+    RegisterOutcome,
+    RegistrationDue,
+)
 from procmond.daemon.operations import CAPABILITIES
+from procmond.daemon.readiness import Counter
 from procmond.logs import RateLimitedLog
 from procmond.schemas import (
     AgentResponse,
     DeregisterPayload,
+    HealthPayload,
     Heartbeat,
     HeartbeatMetrics,
     OutgoingRequest,
     RegisterPayload,
-    RegistrationAnswer,
-    ShutdownResult,
     StatusAnnouncement,
     parse_agent_response,
     parse_registration_answer,
 )
 from procmond.topics import heartbeat_topic, registration_topic, response_topic, status_topic
+
+__all__ = [
+    "ATTEMPT_TIMEOUT_S",
+    "BACKOFF_INITIAL_S",
+    "BACKOFF_JITTER",
+    "BACKOFF_MAX_S",
+    "DEFAULT_HEARTBEAT_INTERVAL_MS",
+    "DEREGISTER_TIMEOUT_S",
+    "Identity",
+    "Registrar",
+    "RegistrationSettings",
+    "backoff_delays",
+]
 
 log = logging.getLogger("procmond.registration")
 
@@ -64,6 +90,21 @@ DEREGISTER_TIMEOUT_S: Final = 2.0
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000
 #: At most one "could not publish" warning per topic per this many seconds.
 PUBLISH_WARNING_INTERVAL_S: Final = 10.0
+#: How often the wait for a connected bus re-checks (it also wakes on Connected).
+_BUS_WAIT_S: Final = 1.0
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this collector is, for Register, health payloads and announcements."""
+
+    collector_id: str
+    boot_id: str
+    hostname: str
+    pid: int
+    version: str
 
 
 def backoff_delays(
@@ -72,7 +113,7 @@ def backoff_delays(
     jitter: float = BACKOFF_JITTER,
     rng: random.Random | None = None,
 ) -> Sequence[float]:
-    """An endless-enough iterator of retry delays (exposed for tests)."""
+    """An endless-enough sequence of retry delays (exposed for tests)."""
     rng = rng or random.Random()
     delays = []
     base = initial
@@ -84,7 +125,7 @@ def backoff_delays(
 
 @dataclass
 class RegistrationSettings:
-    """Knobs of the manager; defaults are the protocol's."""
+    """Knobs of the registrar; defaults are the protocol's."""
 
     heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
     attempt_timeout_s: float = ATTEMPT_TIMEOUT_S
@@ -93,296 +134,227 @@ class RegistrationSettings:
     max_attempts: int | None = None  # None: retry without limit
 
 
-class RegistrationFailed(Exception):  # noqa: N818 - names the event, like the trigger
-    """``max_attempts`` registration attempts failed."""
-
-
-class RegistrationManager:
-    """Owns registration, announcements and heartbeats for one collector."""
+class Registrar:
+    """Register attempts, Deregister, announcements and heartbeats of one collector."""
 
     def __init__(
         self,
-        actor: ProcmondMonitorCollector,
         bus: Bus,
+        identity: Identity,
         settings: RegistrationSettings | None = None,
         *,
+        tell: Callable[[Message], bool],
+        spawn: Spawn,
         rng: random.Random | None = None,
         on_give_up: Callable[[str], None] | None = None,
     ) -> None:
-        """``on_give_up`` is called when ``max_attempts`` failed (else run() raises)."""
-        self._actor = actor
-        self._on_give_up = on_give_up
+        """``tell`` reaches the actor; ``spawn`` starts a task the actor's group owns."""
         self._bus = bus
+        self._identity = identity
         self._settings = settings or RegistrationSettings()
+        self._tell = tell
+        self._spawn = spawn
         self._rng = rng or random.Random()
-        identity = actor.identity
-        self._collector_id = identity.collector_id
-        self._boot_id = identity.boot_id
+        self._on_give_up = on_give_up
+        self._cid = identity.collector_id
         self._interval_ms = self._settings.heartbeat_interval_ms
+        self._delays = self._backoff()
+        self._attempt: asyncio.Task[None] | None = None
+        self._register_ids: set[str] = set()
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
+        self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._publish_log = RateLimitedLog(log, PUBLISH_WARNING_INTERVAL_S)
-        self._announcements: asyncio.Queue[State] = asyncio.Queue()
-        self._heartbeat_now = asyncio.Event()
-        # Set on every state change and when the bus comes back: wakes the loop.
-        self._wake = asyncio.Event()
-        self._restore_pending = False
-        self._bus_was_lost = False
+        #: The request id of the Register attempt in flight, None between attempts.
+        self.attempt_id: str | None = None
         self.accepted_once = False
         self.attempts = 0
+        self.failures = 0
+        self.last_rejection: str | None = None
         self.heartbeat_sequence = 0
         self.heartbeats_failed = 0
-        self.last_rejection: str | None = None
-        actor.add_state_listener(self._on_state_change)
-        bus.add_status_listener(self._on_bus_status)
+        #: Heartbeats and announcements that reached the bus (readiness).
+        self.heartbeats_sent = Counter()
+        self.announced = Counter()
 
     @property
     def heartbeat_interval_ms(self) -> int:
         """The interval in force (the agent's assignment wins)."""
         return self._interval_ms
 
-    async def start(self) -> None:
+    # -- activity "listen" -----------------------------------------------------
+
+    async def listen(self) -> None:
         """Subscribe to our response topic (before any request is sent)."""
-        await self._bus.subscribe(response_topic(self._collector_id), self._on_response)
+        await self._bus.subscribe(response_topic(self._cid), self._on_response)
 
-    async def run(self) -> None:
-        """Registration loop, announcer and heartbeats; ends once ``deregistered`` is announced."""
-        async with asyncio.TaskGroup() as tasks:
-            announcer = tasks.create_task(self._announcer(), name="procmond-announcer")
-            heartbeats = tasks.create_task(self._heartbeats(), name="procmond-heartbeat")
-            try:
-                await self._register_loop()
-            except RegistrationFailed as exc:
-                if self._on_give_up is None:
-                    raise
-                # Leaving is the daemon's call; the announcer stays to tell
-                # the bus about draining and deregistered on the way out.
-                self._on_give_up(str(exc))
-            await announcer
-            heartbeats.cancel()
+    async def unlisten(self) -> None:
+        """Stop listening for answers."""
+        try:
+            await self._bus.unsubscribe(response_topic(self._cid))
+        except BusError as exc:
+            log.debug("unsubscribe %s: %s", response_topic(self._cid), exc)
 
-    # -- registration -----------------------------------------------------
+    # -- registration ------------------------------------------------------
 
     def _backoff(self) -> Iterator[float]:
-        """A fresh sequence of retry delays (protocol section 7: 1 s to 60 s, ±20 %)."""
+        """A fresh sequence of retry delays (protocol section 7: 1 s to 60 s, +-20 %)."""
+        settings = self._settings
         return iter(
             backoff_delays(
-                self._settings.backoff_initial_s,
-                self._settings.backoff_max_s,
-                BACKOFF_JITTER,
-                self._rng,
+                settings.backoff_initial_s, settings.backoff_max_s, BACKOFF_JITTER, self._rng
             )
         )
 
-    async def _register_loop(self) -> None:
-        delays = self._backoff()
-        failures = 0
-        while True:
-            state = self._actor.state
-            if state in (State.DRAINING, State.DEREGISTERED):
-                return
-            if state is State.READY:
-                while self._current_state() is State.READY and not self._restore_pending:
-                    self._wake.clear()
-                    await self._wake.wait()
-                if self._current_state() is not State.READY:
-                    continue
-                self._restore_pending = False
-                log.info("bus restored: registering again")
-                self._actor.fire(Trigger.BUS_RESTORED)
-            else:
-                connected = await self._bus.wait_connected(timeout=1.0)
-                if not connected or self._actor.state is not State.UNREGISTERED:
-                    continue
-                if not self._actor.fire(Trigger.START_REGISTRATION, Facts(bus_connected=True)):
-                    continue
-            answer = await self._attempt()
-            if self._current_state() is not State.REGISTERING:
-                return  # a shutdown request moved us on meanwhile
-            if answer is not None and answer.status == "Accepted":
-                if answer.heartbeat_interval_ms:
-                    self._interval_ms = answer.heartbeat_interval_ms
-                self.accepted_once = True
-                self._restore_pending = False  # a loss before this answer is moot now
-                failures = 0
-                delays = self._backoff()
-                self._actor.fire(Trigger.REGISTRATION_ACCEPTED)
-                continue
-            self._actor.fire(Trigger.REGISTRATION_FAILED)
-            failures += 1
-            limit = self._settings.max_attempts
-            if limit is not None and failures >= limit:
-                raise RegistrationFailed(f"registration failed {failures} time(s) in a row")
-            delay = next(delays, self._settings.backoff_max_s)
-            log.info("registration attempt %d failed; retrying in %.2f s", failures, delay)
-            await self._sleep_unless_leaving(delay)
+    def schedule(self) -> None:
+        """Action ``schedule registration``: RegistrationDue after the retry delay."""
+        limit = self._settings.max_attempts
+        if limit is not None and self.failures >= limit:
+            if self._on_give_up is not None:
+                self._on_give_up(f"registration failed {self.failures} time(s) in a row")
+            return
+        delay = next(self._delays, self._settings.backoff_max_s) if self.failures else 0.0
+        if self.failures:
+            log.info("registration attempt %d failed; retrying in %.2f s", self.failures, delay)
+        self._spawn(self._due_after(delay), "procmond-registration-due")
 
-    def _current_state(self) -> State:
-        """The state now (a call, so the type checker does not narrow across awaits)."""
-        return self._actor.state
-
-    async def _sleep_unless_leaving(self, delay: float) -> None:
-        try:
-            async with asyncio.timeout(delay):
-                while self._current_state() is State.UNREGISTERED:
-                    self._wake.clear()
-                    await self._wake.wait()
-        except TimeoutError:
+    async def _due_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        while not await self._bus.wait_connected(timeout=_BUS_WAIT_S):
             pass
+        self._tell(RegistrationDue())
 
-    async def _attempt(self) -> RegistrationAnswer | None:
+    def send_register(self) -> None:
+        """Action ``send Register``: a new attempt, in flight until its outcome."""
         self.attempts += 1
+        request_id = f"{self._cid}-register-{uuid.uuid4().hex[:16]}"
+        self.attempt_id = request_id
+        self._register_ids.add(request_id)
+        self._attempt = self._spawn(self._run_attempt(request_id), "procmond-register")
+
+    async def _run_attempt(self, request_id: str) -> None:
+        identity = self._identity
         payload = RegisterPayload(
-            collector_id=self._collector_id,
-            version=self._actor.identity.version,
+            collector_id=self._cid,
+            version=identity.version,
             capabilities=list(CAPABILITIES),
-            pid=self._actor.identity.pid,
-            hostname=self._actor.identity.hostname,
-            boot_id=self._boot_id,
+            pid=identity.pid,
+            hostname=identity.hostname,
+            boot_id=identity.boot_id,
             heartbeat_interval_ms=self._interval_ms,
         )
-        response = await self._request(
-            "Register",
-            payload.model_dump(mode="json"),
-            self._settings.attempt_timeout_s,
-            only_while=State.REGISTERING,
-        )
-        if response is None:
-            return None
-        answer = parse_registration_answer(response.payload)
-        if answer is None:
-            log.warning("registration answer unreadable: %s", response)
-            return None
-        if answer.status != "Accepted":
+        timeout = self._settings.attempt_timeout_s
+        try:
+            await self._send("Register", request_id, payload.model_dump(mode="json"), timeout)
+        except BusError as exc:
+            log.warning("Register request not sent: %s", exc)
+            self._tell(RegisterOutcome(request_id, None, f"not sent: {exc}"))
+            return
+        await asyncio.sleep(timeout)
+        log.warning("no answer to Register within %.0f s", timeout)
+        self._tell(RegisterOutcome(request_id, None, f"no answer within {timeout:g} s"))
+
+    def end_attempt(self) -> None:
+        """Action ``end attempt``: forget the attempt in flight and its timer."""
+        self.attempt_id = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+            self._attempt = None
+
+    def record(self, outcome: RegisterOutcome) -> None:
+        """Take in the outcome of the attempt in flight (its guard passed)."""
+        answer = outcome.answer
+        if outcome.accepted and answer is not None:
+            if answer.heartbeat_interval_ms:
+                self._interval_ms = answer.heartbeat_interval_ms
+            self.accepted_once = True
+            self.failures = 0
+            self._delays = self._backoff()
+            log.info("registered with the agent (attempt %d)", self.attempts)
+            return
+        self.failures += 1
+        if answer is not None:
             self.last_rejection = answer.message
             log.warning("registration rejected by the agent: %s", answer.message)
-        else:
-            log.info("registered with the agent (attempt %d)", self.attempts)
-        return answer
-
-    async def _request(
-        self,
-        operation: str,
-        payload: dict[str, object],
-        timeout: float,
-        *,
-        only_while: State | None = None,
-    ) -> AgentResponse | None:
-        """Send a request to the agent and wait for its answer.
-
-        With ``only_while``, stop waiting (None) as soon as the lifecycle
-        leaves that state: a shutdown must not wait out a Register attempt.
-        """
-        request_id = f"{self._collector_id}-{operation.lower()}-{uuid.uuid4().hex[:16]}"
-        request = OutgoingRequest.expiring(
-            request_id=request_id,
-            client_id=self._collector_id,
-            target=registration_topic(self._collector_id),
-            operation=operation,
-            payload=payload,
-            timeout_s=timeout,
-        )
-        future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            receivers = await self._bus.publish(
-                registration_topic(self._collector_id), request.to_bytes()
-            )
-            if receivers == 0:
-                log.warning("no agent listening on %s", registration_topic(self._collector_id))
-            async with asyncio.timeout(timeout):
-                while not future.done():
-                    if only_while is not None and self._current_state() is not only_while:
-                        return None
-                    self._wake.clear()
-                    woken = asyncio.ensure_future(self._wake.wait())
-                    waiting: set[asyncio.Future[Any]] = {future, woken}
-                    try:
-                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        woken.cancel()
-                return future.result()
-        except BusError as exc:
-            log.warning("%s request not sent: %s", operation, exc)
-            return None
-        except TimeoutError:
-            log.warning("no answer to %s within %.0f s", operation, timeout)
-            return None
-        finally:
-            self._pending.pop(request_id, None)
 
     def _on_response(self, channel: str, data: bytes) -> None:
         response = parse_agent_response(data)
         if response is None:
             return
-        future = self._pending.get(response.request_id)
+        request_id = response.request_id
+        if request_id in self._register_ids:
+            answer = parse_registration_answer(response.payload)
+            if answer is None:
+                log.warning("registration answer unreadable: %s", response)
+            why = "" if answer is not None else "unreadable answer"
+            self._tell(RegisterOutcome(request_id, answer, why))
+            return
+        future = self._pending.get(request_id)
         if future is not None and not future.done():
             future.set_result(response)
 
     # -- deregistration ---------------------------------------------------
 
-    async def deregister(self, reason: str, result: ShutdownResult) -> None:
-        """Send Deregister (if we were ever accepted), wait at most 2 s."""
+    async def deregister(self, report: DrainReport) -> None:
+        """Action ``send Deregister``: if we were ever accepted, wait at most 2 s."""
         if not self.accepted_once:
             return
         payload = DeregisterPayload(
-            collector_id=self._collector_id,
-            boot_id=self._boot_id,
-            reason=reason,
-            events_flushed=result.events_flushed,
-            wal_pending=result.wal_pending,
+            collector_id=self._cid,
+            boot_id=self._identity.boot_id,
+            reason=report.reason,
+            events_flushed=report.result.events_flushed,
+            wal_pending=report.result.wal_pending,
         )
-        await self._request("Deregister", payload.model_dump(mode="json"), DEREGISTER_TIMEOUT_S)
-
-    # -- announcements and heartbeats -------------------------------------
-
-    def _on_state_change(self, old: State, new: State, trigger: Trigger) -> None:
-        self._wake.set()
-        if new in (State.READY, State.DRAINING, State.DEREGISTERED):
-            self._announcements.put_nowait(new)
-
-    def _on_bus_status(self, status: ConnectionStatus) -> None:
-        if status is ConnectionStatus.CONNECTED:
-            if self._bus_was_lost:
-                self._bus_was_lost = False
-                self._restore_pending = True
-                self._wake.set()
-        else:
-            self._bus_was_lost = True
-
-    async def _announcer(self) -> None:
-        while True:
-            state = await self._announcements.get()
-            announcement = StatusAnnouncement(
-                collector_id=self._collector_id,
-                boot_id=self._boot_id,
-                state=state.value,
-                timestamp=datetime.now(UTC),
-                heartbeat_interval_ms=self._interval_ms if state is State.READY else None,
+        request_id = f"{self._cid}-deregister-{uuid.uuid4().hex[:16]}"
+        future: asyncio.Future[AgentResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._send(
+                "Deregister", request_id, payload.model_dump(mode="json"), DEREGISTER_TIMEOUT_S
             )
-            await self._publish(status_topic(self._collector_id), announcement.to_bytes())
-            if state is State.READY:
-                self._heartbeat_now.set()
-            if state is State.DEREGISTERED:
-                return
+            async with asyncio.timeout(DEREGISTER_TIMEOUT_S):
+                await future
+        except BusError as exc:
+            log.warning("Deregister request not sent: %s", exc)
+        except TimeoutError:
+            log.warning("no answer to Deregister within %.0f s", DEREGISTER_TIMEOUT_S)
+        finally:
+            self._pending.pop(request_id, None)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._interval_ms / 1000):
-                    await self._heartbeat_now.wait()
-            except TimeoutError:
-                pass
-            self._heartbeat_now.clear()
-            if self._actor.admits(Operation.HEARTBEAT_TICK):
-                await self.send_heartbeat()
+    async def _send(
+        self, operation: str, request_id: str, payload: dict[str, object], timeout: float
+    ) -> None:
+        topic = registration_topic(self._cid)
+        request = OutgoingRequest.expiring(
+            request_id=request_id,
+            client_id=self._cid,
+            target=topic,
+            operation=operation,
+            payload=payload,
+            timeout_s=timeout,
+        )
+        if await self._bus.publish(topic, request.to_bytes()) == 0:
+            log.warning("no agent listening on %s", topic)
 
-    async def send_heartbeat(self) -> None:
-        """Publish one heartbeat; its number is used even if the bus is down."""
+    # -- announcements and heartbeats (one ordered publisher) -------------
+
+    def announce(self, state: State) -> None:
+        """Action ``announce``: publish ``state`` on the status topic (in order)."""
+        announcement = StatusAnnouncement(
+            collector_id=self._cid,
+            boot_id=self._identity.boot_id,
+            state=state.value,
+            timestamp=datetime.now(UTC),
+            heartbeat_interval_ms=self._interval_ms if state is State.READY else None,
+        )
+        self._outbox.put_nowait((status_topic(self._cid), announcement.to_bytes(), False))
+
+    def heartbeat(self, health: HealthPayload) -> None:
+        """Queue one heartbeat built from one health assessment; it takes the next number."""
         self.heartbeat_sequence += 1
-        health = self._actor.health()  # one assessment: status, reasons and metrics agree
         heartbeat = Heartbeat(
-            collector_id=self._collector_id,
-            boot_id=self._boot_id,
+            collector_id=self._cid,
+            boot_id=self._identity.boot_id,
             sequence=self.heartbeat_sequence,
             timestamp=datetime.now(UTC),
             state=health.state,
@@ -396,16 +368,35 @@ class RegistrationManager:
                 config_version=health.config_version,
             ),
         )
-        if await self._publish(heartbeat_topic(self._collector_id), heartbeat.to_bytes()):
-            self._actor.heartbeats_sent += 1
-        else:
-            self.heartbeats_failed += 1
+        self._outbox.put_nowait((heartbeat_topic(self._cid), heartbeat.to_bytes(), True))
 
-    async def _publish(self, topic: str, data: bytes) -> bool:
+    async def heartbeat_timer(self) -> None:
+        """Activity ``heartbeat``: a HeartbeatTick to the actor every interval."""
+        while True:
+            await asyncio.sleep(self._interval_ms / 1000)
+            self._tell(HeartbeatTick())
+
+    async def publisher(self) -> None:
+        """Publish announcements and heartbeats in the order they were queued."""
+        while True:
+            topic, data, is_heartbeat = await self._outbox.get()
+            try:
+                await self._bus.publish(topic, data)
+            except BusError as exc:
+                # While the bus is down this fails every heartbeat: say it once a while.
+                self._publish_log(logging.WARNING, topic, "could not publish on %s: %s", topic, exc)
+                if is_heartbeat:
+                    self.heartbeats_failed += 1
+            else:
+                (self.heartbeats_sent if is_heartbeat else self.announced).add()
+            finally:
+                self._outbox.task_done()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait (bounded) until everything queued was published or failed."""
         try:
-            await self._bus.publish(topic, data)
-        except BusError as exc:
-            # While the bus is down this fails every heartbeat: say it once a while.
-            self._publish_log(logging.WARNING, topic, "could not publish on %s: %s", topic, exc)
+            async with asyncio.timeout(timeout):
+                await self._outbox.join()
+        except TimeoutError:
             return False
         return True

@@ -30,10 +30,10 @@ from typing import Any, Final
 from procmond.bus.redis import Bus, BusError
 from procmond.daemon.actor import ProcmondMonitorCollector
 from procmond.daemon.messages import Outcome
-from procmond.daemon.operations import SERVED_OPERATIONS, PayloadError, decode
+from procmond.daemon.operations import SERVED_OPERATIONS, PayloadError, spec_for
 from procmond.errors import Refused
 from procmond.logs import RateLimitedLog
-from procmond.protocol import IDENTIFIER_PATTERN, MAX_MESSAGE_BYTES
+from procmond.protocol import IDENTIFIER, MAX_MESSAGE_BYTES
 from procmond.schemas import (
     RequestError,
     RpcErrorBody,
@@ -56,7 +56,6 @@ MALFORMED_WARNING_INTERVAL_S: Final = 10.0
 #: half of them leaves room for heartbeats and the XADD flusher in a burst.
 MAX_CONCURRENT_ANSWERS: Final = 8
 
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _SALVAGE_CLIENT = re.compile(rb'"client_id"\s*:\s*"([a-z0-9][a-z0-9_-]{0,62})"')
 _SALVAGE_REQUEST = re.compile(rb'"request_id"\s*:\s*"([^"\\]{1,128})"')
 
@@ -105,7 +104,11 @@ class RpcService:
             return
         document = loads_object(data)
         client_id = document.get("client_id") if document is not None else None
-        if document is None or not isinstance(client_id, str) or not _IDENTIFIER.match(client_id):
+        if (
+            document is None
+            or not isinstance(client_id, str)
+            or not IDENTIFIER.fullmatch(client_id)
+        ):
             self._malformed(
                 "not a JSON object with a valid client_id"
                 if document is None
@@ -184,42 +187,20 @@ class RpcService:
 
     async def _execute(self, request: RpcRequest, received: float) -> Outcome:
         operation = request.operation
-        remaining = (request.deadline - datetime.now(UTC)).total_seconds()
-        if remaining <= 0:
-            return Outcome(
-                error=Refused.deadline_exceeded(
-                    f"the deadline {request.deadline.isoformat()} had passed on arrival"
-                )
-            )
+        spec = spec_for(operation)
+        if spec is None:
+            return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
         try:
-            decoded = decode(operation, request.payload)
+            message = spec.decode(request.payload)
         except PayloadError as exc:
             return Outcome(error=Refused.invalid_request(str(exc)))
-        if decoded is None:
-            return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
-        spec, message = decoded
+        # The caller's deadline, on our clock; the mailbox owns every check of it.
+        remaining = (request.deadline - datetime.now(UTC)).total_seconds()
         limit = spec.limit_s(message)
-        wait = min(remaining, limit)
-        try:
-            future = self._actor.offer(message, deadline=received + wait)
-        except Refused as exc:
-            return Outcome(error=exc)
-        try:
-            async with asyncio.timeout(wait):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            if future.done() and not future.cancelled():
-                return future.result()  # answered just as the timer fired: keep the answer
-            queue_ms = (time.monotonic() - received) * 1000
-            if self._actor.withdraw(future):
-                # Still queued: nothing ran, so this is DEADLINE_EXCEEDED (protocol
-                # section 4), not TIMEOUT, whichever timer noticed first.
-                error = Refused.deadline_exceeded("the deadline passed while queued")
-                return Outcome(error=error, queue_ms=queue_ms)
-            future.cancel()
-            reason = "the deadline" if remaining <= limit else f"{limit:.0f} s"
-            error = Refused.timeout(f"execution did not finish within {reason}")
-            return Outcome(error=error, execution_ms=queue_ms)
+        deadline_name = "the deadline" if remaining <= limit else f"{limit:.0f} s"
+        return await self._actor.ask(
+            message, received + min(remaining, limit), deadline_name=deadline_name
+        )
 
     async def _repeat(self, client_id: str, earlier: asyncio.Future[bytes]) -> None:
         await self._publish(client_id, await asyncio.shield(earlier))

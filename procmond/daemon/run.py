@@ -6,15 +6,19 @@ Start-up (each step only after the one before it succeeded):
 2. write-ahead log: opened, locked, pending events replayed into the buffer;
 3. bus: connecting in the background (Redis may still be down: we collect
    and log anyway, and catch up when it comes);
-4. actor (collection starts with the baseline cycle) and the event flusher;
-5. RPC service: subscribed to ``control.collector.{id}`` *before*
-6. the registration manager sends its first ``Register``.
+4. the event flusher, then the actor: it enters the lifecycle's initial
+   state, whose row starts listening (the RPC service subscribes
+   ``control.collector.{id}`` *before* the first ``Register``), collecting
+   (the baseline cycle) and the first registration attempt.
 
-Shutdown (GracefulShutdown, SIGTERM or SIGINT; protocol section 6): the actor
-drains (cycle finished, events flushed, log synced) and answers, then
-Deregister, ``deregistered`` announced, queued requests answered
-``SHUTTING_DOWN``, and every part stopped in reverse order. A second SIGINT
-exits at once: the log keeps whatever was not sent.
+Everything after that is the actor's, as the lifecycle table declares it.
+Shutdown (GracefulShutdown, SIGTERM or SIGINT; protocol section 6) is a
+message to the actor: it drains (cycle finished, events flushed, log
+synced) and answers, sends Deregister, stops listening (queued requests
+answered ``SHUTTING_DOWN``), announces ``deregistered`` and returns; then
+the flusher, the bus, the log and the embedded Redis stop, in reverse order
+of their start. A second SIGINT exits at once: the log keeps whatever was
+not sent.
 
 Exit codes: see :data:`EXIT_CODES`.
 """
@@ -29,15 +33,15 @@ import socket
 import sys
 import uuid
 from contextlib import AsyncExitStack
-from typing import Final
 
-from fsm import Facts, Trigger
+from procmond import __version__
 from procmond.bus.redis import RedisBus
 from procmond.collect.collector import ProcessCollector
 from procmond.config import Settings
-from procmond.daemon.actor import Identity, ProcmondMonitorCollector, collector_settings
-from procmond.daemon.messages import GracefulShutdown
-from procmond.daemon.registration import RegistrationManager, RegistrationSettings
+from procmond.daemon.actor import ProcmondMonitorCollector
+from procmond.daemon.collection import collector_settings
+from procmond.daemon.messages import DrainReport, GracefulShutdown
+from procmond.daemon.registration import Identity, RegistrationSettings
 from procmond.daemon.rpc import RpcService
 from procmond.daemon.sdnotify import SystemdNotifier
 from procmond.discovery import display_url
@@ -53,9 +57,6 @@ from procmond.store.pipeline import EventPipeline
 from procmond.store.wal import WalError, WalRecord, WriteAheadLog
 
 log = logging.getLogger("procmond")
-
-#: How long shutdown waits for the last announcements and answers to go out.
-_FINAL_PUBLISH_S: Final = 3.0
 
 
 def _say(message: str) -> None:
@@ -100,39 +101,41 @@ class Daemon:
             pipeline.restore(pending)
             if pending:
                 _say(f"replaying {len(pending)} events left in the write-ahead log")
+            identity = Identity(
+                settings.collector_id,
+                self.boot_id,
+                socket.gethostname(),
+                os.getpid(),
+                __version__,
+            )
             actor = ProcmondMonitorCollector(
-                Identity(settings.collector_id, self.boot_id, socket.gethostname(), os.getpid()),
+                identity,
                 settings.collector,
                 ProcessCollector(collector_settings(settings.collector)),
                 pipeline,
-                connection_status=lambda: bus.status.value,
-            )
-            self._actor = actor
-            notifier = SystemdNotifier.from_environment()
-            if notifier is not None:
-                actor.add_state_listener(notifier.on_state_change)
-                notifier.send("STATUS=starting", f"MAINPID={os.getpid()}")
-                stack.callback(notifier.close)
-            rpc = RpcService(actor, bus)
-            registration = RegistrationManager(
-                actor,
                 bus,
-                RegistrationSettings(
+                registration=RegistrationSettings(
                     heartbeat_interval_ms=settings.heartbeat_interval_ms,
                     max_attempts=settings.registration_attempts or None,
                 ),
                 on_give_up=self._give_up,
             )
+            self._actor = actor
+            actor.serve(RpcService(actor, bus))
+            notifier = SystemdNotifier.from_environment()
+            if notifier is not None:
+                actor.add_state_listener(notifier.on_state_change)
+                notifier.send("STATUS=starting", f"MAINPID={os.getpid()}")
+                stack.callback(notifier.close)
             _say(
                 f"collector {settings.collector_id!r} (boot {self.boot_id}, pid {os.getpid()}) "
                 f"using Redis at {display_url(url)}; data in {settings.data_dir}"
             )
             await bus.start()
             stack.push_async_callback(bus.close)
-            await rpc.start()
-            await registration.start()
             self._install_signals()
-            await self._serve(actor, pipeline, rpc, registration, notifier)
+            report = await self._serve(actor, pipeline, notifier)
+        self._farewell(report)
         return self.exit_code
 
     async def _embedded_redis(self, stack: AsyncExitStack) -> str:
@@ -163,31 +166,23 @@ class Daemon:
         self,
         actor: ProcmondMonitorCollector,
         pipeline: EventPipeline,
-        rpc: RpcService,
-        registration: RegistrationManager,
         notifier: SystemdNotifier | None,
-    ) -> None:
+    ) -> DrainReport | None:
+        """Run the flusher (and watchdog) while the actor runs; stop them once it returned."""
         async with asyncio.TaskGroup() as tasks:
-            watchdog = tasks.create_task(notifier.watchdog()) if notifier else None
-            actor_task = tasks.create_task(actor.run(), name="procmond-actor")
-            flusher = tasks.create_task(pipeline.run(), name="procmond-flusher")
-            registrar = tasks.create_task(registration.run(), name="procmond-registration")
-            report = await actor.drained
-            # Protocol section 6: answer GracefulShutdown first, then deregister.
-            await rpc.settle(timeout=1.0)
-            await registration.deregister(report.reason, report.result)
-            actor.fire(Trigger.DRAIN_COMPLETE, Facts(drain_finished=True))
+            helpers = [tasks.create_task(pipeline.run(), name="procmond-flusher")]
+            if notifier is not None:
+                helpers.append(tasks.create_task(notifier.watchdog(), name="procmond-watchdog"))
             try:
-                async with asyncio.timeout(_FINAL_PUBLISH_S):
-                    await registrar
-            except TimeoutError:
-                log.warning("final announcements did not go out in time")
-            actor.stop()
-            await actor_task
-            await rpc.close(timeout=_FINAL_PUBLISH_S)
-            flusher.cancel()
-            if watchdog is not None:
-                watchdog.cancel()
+                return await actor.run()
+            finally:
+                for helper in reversed(helpers):
+                    helper.cancel()
+
+    def _farewell(self, report: DrainReport | None) -> None:
+        if report is None:
+            _say("exiting: the actor stopped before a drain")
+            return
         lost = f"; {report.unlogged} events lost (the log refused them)" if report.unlogged else ""
         _say(
             f"{'exited cleanly' if self.exit_code == EXIT_OK and not lost else 'exiting'}: "

@@ -1,8 +1,9 @@
 """systemd ``Type=notify`` support, without libsystemd.
 
-When ``NOTIFY_SOCKET`` is set, procmond sends ``READY=1`` on entering
-``ready``, a ``STATUS=`` line on every state change, ``STOPPING=1`` on
-entering ``draining``, and ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` (only
+When ``NOTIFY_SOCKET`` is set, procmond sends on every state change the
+lines the lifecycle table declares for the new state (``READY=1`` on
+entering ``ready``, ``STOPPING=1`` on entering ``draining``) and its
+``STATUS=`` text, and ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` (only
 while the event loop is responsive, which is what the watchdog should prove).
 """
 
@@ -13,19 +14,10 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from typing import Final
 
-from fsm import State, Trigger
+from fsm import State, Trigger, effects
 
 log = logging.getLogger("procmond.sdnotify")
-
-_STATUS_TEXT: Final = {
-    State.UNREGISTERED: "unregistered: collecting, waiting to register with the agent",
-    State.REGISTERING: "registering with the agent",
-    State.READY: "ready: registered, collecting and heartbeating",
-    State.DRAINING: "draining: finishing the cycle and flushing events",
-    State.DEREGISTERED: "deregistered: exiting",
-}
 
 
 class SystemdNotifier:
@@ -60,13 +52,9 @@ class SystemdNotifier:
         return True
 
     def on_state_change(self, old: State, new: State, trigger: Trigger) -> None:
-        """Lifecycle listener: READY=1, STOPPING=1 and STATUS= lines."""
-        lines = [f"STATUS={_STATUS_TEXT[new]}"]
-        if new is State.READY:
-            lines.insert(0, "READY=1")
-        elif new is State.DRAINING:
-            lines.insert(0, "STOPPING=1")
-        self.send(*lines)
+        """Lifecycle listener: the lines the new state's row declares, then its STATUS=."""
+        row = effects(new)
+        self.send(*row.sd_notify, f"STATUS={row.status}")
 
     async def watchdog(self) -> None:
         """Ping the watchdog at half its interval, for as long as the loop runs."""
