@@ -1,7 +1,9 @@
 """The agent's side of the wire for the benchmarks, written from protocol.md with redis-py.
 
 * :class:`MinimalAgent` answers ``Register`` (Accepted) and ``Deregister`` on
-  ``control.collector.registration`` from a thread, and records the monotonic
+  ``control.registration.{collector_id}`` (protocol version 2, section 2: it
+  pattern-subscribes ``control.registration.*`` and answers only a request
+  whose ``client_id`` is its topic's collector id) from a thread, and records the monotonic
   time of each lifecycle announcement (``ready``, ``draining``,
   ``deregistered``). ``time.monotonic()`` is one clock for every process on
   Linux, so these times compare with the benchmark's own.
@@ -25,7 +27,10 @@ from typing import Any, Final
 
 import redis
 
-REGISTRATION_TOPIC: Final = "control.collector.registration"
+#: Protocol version 2, section 2: one registration topic per collector.
+REGISTRATION_PREFIX: Final = "control.registration."
+REGISTRATION_PATTERN: Final = REGISTRATION_PREFIX + "*"
+STATUS_PREFIX: Final = "control.health.status."
 
 
 def rfc3339(moment: datetime) -> str:
@@ -41,6 +46,11 @@ def collector_topic(collector_id: str) -> str:
 def response_topic(client_id: str) -> str:
     """Where answers to ``client_id`` go."""
     return f"control.rpc.response.{client_id}"
+
+
+def registration_topic(collector_id: str) -> str:
+    """Where ``collector_id`` sends Register and Deregister (protocol v2)."""
+    return REGISTRATION_PREFIX + collector_id
 
 
 def request(
@@ -138,12 +148,12 @@ class MinimalAgent:
         self._changed = threading.Condition(self._lock)
         self.registers = 0
         self.deregisters = 0
+        self.misaddressed = 0  # registration requests not from their topic's collector
         self._thread = threading.Thread(target=self._serve, name="bench-agent", daemon=True)
 
     def start(self) -> MinimalAgent:
         """Subscribe (confirmed by the server) and start answering."""
-        self._pubsub.subscribe(REGISTRATION_TOPIC)
-        self._pubsub.psubscribe("control.health.status.*")
+        self._pubsub.psubscribe(REGISTRATION_PATTERN, STATUS_PREFIX + "*")
         confirmed = 0
         deadline = time.monotonic() + 10
         while confirmed < 2:
@@ -208,13 +218,19 @@ class MinimalAgent:
                 continue
             if not isinstance(body, dict):
                 continue
-            if kind == "pmessage":
-                channel = _text(message["channel"])
+            if kind != "pmessage":
+                continue
+            channel = _text(message["channel"])
+            if channel.startswith(STATUS_PREFIX):
                 with self._changed:
-                    self._announced.append((at, channel.rsplit(".", 1)[-1], str(body.get("state"))))
+                    who = channel.removeprefix(STATUS_PREFIX)
+                    self._announced.append((at, who, str(body.get("state"))))
                     self._changed.notify_all()
-            elif kind == "message":
-                self._on_registration(body)
+            elif channel.startswith(REGISTRATION_PREFIX):
+                if body.get("client_id") == channel.removeprefix(REGISTRATION_PREFIX):
+                    self._on_registration(body)
+                else:
+                    self.misaddressed += 1
 
     def _on_registration(self, body: dict[str, Any]) -> None:
         operation = body.get("operation")

@@ -19,7 +19,7 @@ import secrets
 import uuid
 from typing import Any
 
-from procmond.bus.redis import Bus
+from procmond.bus.types import Bus
 from procmond.schemas import OutgoingRequest, loads_object
 from procmond.topics import collector_topic, response_topic
 
@@ -42,7 +42,7 @@ def new_client_id(prefix: str = "ctl") -> str:
 
 
 class RpcClient:
-    """Calls collectors over a :class:`~procmond.bus.Bus`."""
+    """Calls collectors over a :class:`~procmond.bus.types.Bus`."""
 
     def __init__(self, bus: Bus, client_id: str | None = None) -> None:
         self._bus = bus

@@ -1,6 +1,10 @@
 """``procmond ctl``: health, config and shutdown of a collector, from a terminal or a script.
 
 Exit status (also in ``procmond ctl --help``): see :data:`EXIT_STATUS`.
+
+A light import: the daemon's parts, the storage, the collection and psutil
+are never loaded (``tests/test_light_imports.py``); topic names come from
+:mod:`procmond.topics` and the protocol's enums from :mod:`procmond.protocol`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, Final
 from procmond.bus.redis import BusError, RedisBus
 from procmond.client import CallTimeout, NoResponder, RpcClient
 from procmond.discovery import display_url
+from procmond.protocol import Status
 
 EXIT_SUCCESS: Final = 0
 EXIT_ERROR: Final = 1
@@ -29,11 +34,11 @@ EXIT_STATUS: Final = {
     EXIT_NO_RESPONDER: "no collector listening on its control topic",
     EXIT_NO_REDIS: "Redis not reachable",
 }
-_STATUS_EXIT: Final = {
-    "Success": EXIT_SUCCESS,
-    "Error": EXIT_ERROR,
-    "Timeout": EXIT_TIMEOUT,
-    "Unavailable": EXIT_UNAVAILABLE,
+_STATUS_EXIT: Final[dict[str, int]] = {
+    Status.SUCCESS: EXIT_SUCCESS,
+    Status.ERROR: EXIT_ERROR,
+    Status.TIMEOUT: EXIT_TIMEOUT,
+    Status.UNAVAILABLE: EXIT_UNAVAILABLE,
 }
 
 

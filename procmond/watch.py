@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from procmond.bus.redis import Bus, BusUnavailable
+from procmond.bus.types import Bus, BusUnavailable
 from procmond.topics import EVENT_STREAMS
 
 #: How long one XREAD blocks; bounds how fast watch notices Ctrl-C or a closed bus.

@@ -5,7 +5,10 @@ an end-to-end test driven by it checks procmond against the written contract
 rather than against procmond's own idea of it.
 
 * answers ``Register`` (accept, reject or ignore; scriptable per attempt) and
-  ``Deregister`` on ``control.collector.registration``;
+  ``Deregister`` on ``control.registration.{collector_id}`` (protocol version
+  2, section 2: it pattern-subscribes ``control.registration.*``); a request
+  whose ``client_id`` is not the collector id of its topic is recorded in
+  :attr:`ContractAgent.misaddressed` and not answered;
 * records status announcements and heartbeats per collector with their
   receive times, and lets a test await them;
 * sends RPCs to a collector (subscribing its reply topic before publishing);
@@ -32,8 +35,22 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-REGISTRATION_TOPIC = "control.collector.registration"
-STREAMS = ("events.process.start", "events.process.stop", "events.process.modify")
+#: Protocol version 2, section 2: one registration topic per collector.
+REGISTRATION_PREFIX = "control.registration."
+REGISTRATION_PATTERN = REGISTRATION_PREFIX + "*"
+#: Sections 8 and 9 (v2 adds ``exec``); reading a stream nobody wrote is harmless.
+STREAMS = (
+    "events.process.start",
+    "events.process.stop",
+    "events.process.modify",
+    "events.process.exec",
+)
+
+
+def registration_topic(collector_id: str) -> str:
+    """Where ``collector_id`` sends Register and Deregister (protocol v2, section 2)."""
+    return REGISTRATION_PREFIX + collector_id
+
 
 RegisterMode = Literal["accept", "reject", "ignore"]
 
@@ -72,10 +89,11 @@ def envelope(
 
 @dataclass
 class Received:
-    """One message the agent got, with its local receive time (monotonic)."""
+    """One message the agent got, with its local receive time (monotonic) and its topic."""
 
     at: float
     message: dict[str, Any]
+    channel: str = ""
 
 
 @dataclass
@@ -83,8 +101,8 @@ class _Log:
     items: list[Received] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def add(self, message: dict[str, Any]) -> None:
-        self.items.append(Received(time.monotonic(), message))
+    def add(self, message: dict[str, Any], channel: str = "") -> None:
+        self.items.append(Received(time.monotonic(), message, channel))
         self.changed.set()
 
     async def wait(self, predicate: Callable[[list[Received]], bool], timeout: float) -> None:
@@ -114,6 +132,8 @@ class ContractAgent:
         self.answer_deregister = True
         self.registers = _Log()
         self.deregisters = _Log()
+        #: Registration requests whose client_id is not their topic's collector id.
+        self.misaddressed = _Log()
         self.statuses: defaultdict[str, _Log] = defaultdict(_Log)
         self.heartbeats: defaultdict[str, _Log] = defaultdict(_Log)
         self.responses = _Log()
@@ -150,7 +170,7 @@ class ContractAgent:
         """Stop reading and close the connection (bounded).
 
         Python 3.11's ``asyncio.wait_for`` inside redis-py can swallow a
-        cancellation (see procmond.bus._cancel_and_wait): a single cancel()
+        cancellation (see procmond.bus.redis._cancel_and_wait): a single cancel()
         once left the reader looping and close() waiting forever. So cancel
         again until the reader is gone, a bounded number of times.
         """
@@ -178,8 +198,10 @@ class ContractAgent:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(REGISTRATION_TOPIC, f"control.rpc.response.{self.client_id}")
-                await pubsub.psubscribe("control.health.status.*", "control.health.heartbeat.*")
+                await pubsub.subscribe(f"control.rpc.response.{self.client_id}")
+                await pubsub.psubscribe(
+                    REGISTRATION_PATTERN, "control.health.status.*", "control.health.heartbeat.*"
+                )
                 confirmations = 0
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -210,22 +232,25 @@ class ContractAgent:
             return
         if not isinstance(body, dict):
             return
-        if channel == REGISTRATION_TOPIC:
-            await self._on_registration(body)
+        if channel.startswith(REGISTRATION_PREFIX):
+            if body.get("client_id") != channel.removeprefix(REGISTRATION_PREFIX):
+                self.misaddressed.add(body, channel)  # v2: a collector uses its own topic only
+            else:
+                await self._on_registration(body, channel)
         elif channel.startswith("control.health.status."):
-            self.statuses[channel.removeprefix("control.health.status.")].add(body)
+            self.statuses[channel.removeprefix("control.health.status.")].add(body, channel)
         elif channel.startswith("control.health.heartbeat."):
-            self.heartbeats[channel.removeprefix("control.health.heartbeat.")].add(body)
+            self.heartbeats[channel.removeprefix("control.health.heartbeat.")].add(body, channel)
         elif channel == f"control.rpc.response.{self.client_id}":
-            self.responses.add(body)
+            self.responses.add(body, channel)
             waiter = self._waiting.get(str(body.get("request_id")))
             if waiter is not None and not waiter.done():
                 waiter.set_result(body)
 
-    async def _on_registration(self, request: dict[str, Any]) -> None:
+    async def _on_registration(self, request: dict[str, Any], channel: str) -> None:
         operation = request.get("operation")
         if operation == "Register":
-            self.registers.add(request)
+            self.registers.add(request, channel)
             mode = self.register_script.pop(0) if self.register_script else self.register_mode
             if mode == "ignore":
                 return
@@ -236,7 +261,7 @@ class ContractAgent:
             }
             await self._answer(request, payload)
         elif operation == "Deregister":
-            self.deregisters.add(request)
+            self.deregisters.add(request, channel)
             if self.answer_deregister:
                 await self._answer(request, {"status": "Accepted"})
 
@@ -376,9 +401,9 @@ class ContractAgent:
     # -- event streams ------------------------------------------------------------
 
     async def read_events(self, collector_id: str) -> list[dict[str, Any]]:
-        """Every entry of the three streams for ``collector_id``: fields plus ``stream``."""
+        """Every entry of the event streams for ``collector_id``: fields plus ``stream``."""
         entries: list[dict[str, Any]] = []
-        # One MULTI for the three streams: read one after another, a collector
+        # One MULTI for all the streams: read one after another, a collector
         # still publishing could add a later seq to the last stream read while
         # an earlier one looked complete, which would read as a gap.
         snapshot = self.redis.pipeline(transaction=True)

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from procmond.agent.schemas import HeartbeatFields
 from procmond.agent.service import (
     HEARTBEAT_PATTERN,
-    REGISTRATION_TOPIC,
     Agent,
     AgentEvent,
     EventKind,
@@ -32,6 +31,7 @@ from procmond.agent.view import event_line, table_lines
 from procmond.bus.memory import MemoryBroker, MemoryBus
 from procmond.bus.redis import RedisBus
 from procmond.embedded import RedisServer
+from procmond.topics import REGISTRATION_PATTERN, registration_topic, response_topic
 
 # -- helpers -------------------------------------------------------------------
 
@@ -344,13 +344,13 @@ def test_table_shows_the_worst_first_and_fits_the_height() -> None:
 def request(
     operation: str, payload: dict[str, Any] | None, *, client_id: str = "c1", request_id: str = "r1"
 ) -> bytes:
-    """A request envelope (protocol section 3)."""
+    """A request envelope (protocol section 3) addressed to ``client_id``'s registration topic."""
     now = datetime.now(UTC)
     return json.dumps(
         {
             "request_id": request_id,
             "client_id": client_id,
-            "target": REGISTRATION_TOPIC,
+            "target": registration_topic(client_id),
             "operation": operation,
             "payload": payload,
             "timestamp": now.isoformat(),
@@ -393,19 +393,26 @@ class Harness:
         self.peer = MemoryBus(self.broker)
         self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    async def start(self, client_id: str = "c1") -> None:
+    async def start(self, *client_ids: str) -> None:
+        """Start both buses; the peer hears the answers to each of ``client_ids`` (default c1)."""
         await self.agent.bus.start()
         await self.agent.start()
         await self.peer.start()
-        await self.peer.subscribe(
-            f"control.rpc.response.{client_id}",
-            lambda _c, data: self.answers.put_nowait(json.loads(data)),
-        )
+        for client_id in client_ids or ("c1",):
+            await self.peer.subscribe(
+                response_topic(client_id),
+                lambda _c, data: self.answers.put_nowait(json.loads(data)),
+            )
 
-    async def ask(self, data: bytes) -> dict[str, Any]:
-        await self.peer.publish(REGISTRATION_TOPIC, data)
+    async def ask(self, data: bytes, *, collector_id: str = "c1") -> dict[str, Any]:
+        """Publish on ``collector_id``'s registration topic (protocol v2) and await one answer."""
+        await self.peer.publish(registration_topic(collector_id), data)
         async with asyncio.timeout(5):
             return await self.answers.get()
+
+    def answered(self) -> list[str]:
+        """The topics the agent published answers on, in order."""
+        return [c for c, _ in self.broker.published if c.startswith("control.rpc.response.")]
 
 
 async def test_register_is_answered_with_the_response_envelope() -> None:
@@ -464,11 +471,55 @@ async def test_unanswerable_and_unsupported_requests() -> None:
     """Bad JSON or a bad client_id is dropped; another operation is UNSUPPORTED_OPERATION."""
     harness = Harness()
     await harness.start()
-    await harness.peer.publish(REGISTRATION_TOPIC, b"{nope")
-    await harness.peer.publish(REGISTRATION_TOPIC, request("Register", None, client_id="Bad Id"))
+    await harness.peer.publish(registration_topic("c1"), b"{nope")
+    await harness.peer.publish(
+        registration_topic("c1"), request("Register", None, client_id="Bad Id")
+    )
+    # v2: nothing may follow an identifier, not even a newline (on its "own" topic).
+    await harness.peer.publish(
+        registration_topic("c1\n"), request("Register", None, client_id="c1\n")
+    )
     answer = await harness.ask(request("HealthCheck", None))
     assert answer["error"]["code"] == "UNSUPPORTED_OPERATION"
+    assert harness.agent.rpc_malformed_total == 3
+    assert harness.answered() == ["control.rpc.response.c1"]
+
+
+async def test_the_agent_pattern_subscribes_the_v2_registration_topics() -> None:
+    """The agent listens on control.registration.* (protocol v2 section 2), not the v1 channel."""
+    harness = Harness()
+    await harness.start("c7")
+    assert REGISTRATION_PATTERN == "control.registration.*"
+    assert await harness.peer.publish("control.collector.registration", b"{}") == 0
+    answer = await harness.ask(
+        request("Register", register_payload("c7"), client_id="c7"), collector_id="c7"
+    )
+    assert answer["payload"]["status"] == "Accepted"
+    assert harness.answered() == ["control.rpc.response.c7"]
+
+
+async def test_a_request_on_another_collectors_registration_topic_is_dropped() -> None:
+    """On control.registration.X only X may register: another client_id is dropped unanswered."""
+    harness = Harness()
+    await harness.start("c1", "c2")
+    spoofed = request("Register", register_payload("c2"), client_id="c2", request_id="spoof")
+    await harness.peer.publish(registration_topic("c1"), spoofed)
+    dereg = request(
+        "Deregister",
+        {"collector_id": "c2", "boot_id": "boot-1", "reason": "x", "force": False},
+        client_id="c2",
+        request_id="spoof-2",
+    )
+    await harness.peer.publish(registration_topic("c1"), dereg)
+    # Messages are delivered in publish order: once the next request is
+    # answered, the two before it were handled (and must have been dropped).
+    answer = await harness.ask(request("Register", register_payload()))
+    assert (answer["request_id"], answer["payload"]["status"]) == ("r1", "Accepted")
+    assert harness.answered() == ["control.rpc.response.c1"]
     assert harness.agent.rpc_malformed_total == 2
+    assert harness.agent.requests_total == 1
+    assert set(harness.tracker.collectors) == {"c1"}
+    assert [e.kind for e in harness.events] == [EventKind.REGISTERED]
 
 
 async def test_a_repeated_request_id_gets_the_first_answer_again() -> None:

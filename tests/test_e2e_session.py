@@ -35,10 +35,14 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
     async with running_agent(fresh_redis.url, heartbeat_interval_ms=200) as agent:
         with daemon(tmp_path, fresh_redis.url, cid) as proc:
             ready = await agent.wait_for_state(cid, "ready", timeout=15)
-            register = agent.registers.items[0].message
+            first_register = agent.registers.items[0]
+            register = first_register.message
             assert register["operation"] == "Register"
             assert register["client_id"] == cid
-            assert register["target"] == "control.collector.registration"
+            # Protocol v2 section 2: on the collector's own registration topic.
+            assert first_register.channel == f"control.registration.{cid}"
+            assert register["target"] == f"control.registration.{cid}"
+            assert agent.misaddressed.items == []
             payload = register["payload"]
             assert payload["collector_id"] == cid
             assert payload["collector_type"] == "process-monitor"
@@ -148,7 +152,9 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
             assert result["complete"] is True
             assert result["wal_pending"] == 0
             deregister = await agent.wait_for_deregister()
+            assert agent.deregisters.items[0].channel == f"control.registration.{cid}"
             assert deregister["operation"] == "Deregister"
+            assert deregister["target"] == f"control.registration.{cid}"
             assert deregister["payload"]["collector_id"] == cid
             assert deregister["payload"]["boot_id"] == boot_id
             assert deregister["payload"]["force"] is False

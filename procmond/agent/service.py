@@ -10,10 +10,12 @@ Two layers, in the manner of h11 (STYLE.md):
   :class:`AgentEvent` values for the caller to print. Inputs: :meth:`~Tracker.register`,
   :meth:`~Tracker.deregister`, :meth:`~Tracker.status` (announcements),
   :meth:`~Tracker.heartbeat` and :meth:`~Tracker.tick` (the lateness timer).
-* :class:`Agent` is the thin bus layer over :class:`procmond.bus.Bus`: it
-  answers ``Register`` / ``Deregister`` on ``control.collector.registration``
-  (protocol sections 3 and 7), feeds announcements and heartbeats
-  (``psubscribe``) to the tracker, and runs the tick timer.
+* :class:`Agent` is the thin bus layer over :class:`procmond.bus.types.Bus`:
+  it answers ``Register`` / ``Deregister`` arriving on
+  ``control.registration.{collector_id}`` (protocol version 2, sections 2, 3
+  and 7; it pattern-subscribes ``control.registration.*``), feeds
+  announcements and heartbeats (``psubscribe``) to the tracker, and runs the
+  tick timer.
 
 Liveness. Ages are measured on the agent's own monotonic clock from when a
 message *arrived*, never from the collector's ``timestamp`` (hosts' clocks
@@ -40,6 +42,13 @@ seen for a collector it adopted from its heartbeats (an agent started after
 its collectors). A new ``boot_id`` starts new counters; heartbeats of a
 replaced boot are ignored (counted as ``stale``); repeats are ignored.
 
+Topics. A request on ``control.registration.X`` whose ``client_id`` is not
+``X`` is dropped unanswered and counted in ``rpc_malformed_total``, like a
+message that names no usable ``client_id``. A collector registers on its own
+topic only (protocol v2, section 2), and the topic is what a Redis ACL can
+grant to one collector alone; honouring another ``client_id`` there would let
+a collector register or deregister in another's name.
+
 Answers. A valid ``Register`` for a ``process-monitor`` whose ``client_id``
 equals its ``collector_id`` is answered ``Success`` with payload
 ``{status: "Accepted", message: null, heartbeat_interval_ms}`` (the assigned
@@ -58,7 +67,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import signal
 import sys
 import time
@@ -80,15 +88,12 @@ from procmond.agent.tracker import (
     Tracker,
 )
 from procmond.bus.redis import Bus, BusError, ConnectionStatus, RedisBus
+from procmond.protocol import IDENTIFIER, MAX_MESSAGE_BYTES, ErrorCategory, Status
 from procmond.schemas import (
-    IDENTIFIER_PATTERN,
-    MAX_MESSAGE_BYTES,
-    ErrorCategory,
     PayloadError,
     RequestError,
     RpcErrorBody,
     RpcResponse,
-    Status,
     loads_object,
     parse_request,
 )
@@ -126,7 +131,6 @@ COLLECTOR_TYPE: Final = "process-monitor"
 
 #: Answers remembered for repeated request ids (collectors retry within seconds).
 _DEDUPE_ENTRIES: Final = 4096
-_IDENTIFIER: Final = re.compile(IDENTIFIER_PATTERN)
 
 
 def _rejected(message: str) -> dict[str, Any]:
@@ -207,7 +211,11 @@ class Agent:
         started = self._clock()
         document = loads_object(data) if len(data) <= MAX_MESSAGE_BYTES else None
         client_id = document.get("client_id") if document is not None else None
-        if document is None or not isinstance(client_id, str) or not _IDENTIFIER.match(client_id):
+        if (
+            document is None
+            or not isinstance(client_id, str)
+            or not IDENTIFIER.fullmatch(client_id)
+        ):
             self.rpc_malformed_total += 1
             log.debug("dropped an unanswerable message on %s", channel)
             return

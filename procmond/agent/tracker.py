@@ -7,7 +7,7 @@ Inputs: :meth:`~Tracker.register`, :meth:`~Tracker.deregister`,
 :meth:`~Tracker.status` (announcements), :meth:`~Tracker.heartbeat` and
 :meth:`~Tracker.tick` (the lateness timer). The liveness, damping and
 sequence rules are described in :mod:`procmond.agent.service`; the bus layer is
-:class:`procmond.agent.Agent`.
+:class:`procmond.agent.service.Agent`.
 """
 
 from __future__ import annotations
