@@ -30,8 +30,8 @@ from procmond.store.wal_format import segment_header
 
 def crash(wal: WriteAheadLog) -> None:
     """Drop the log's descriptors the way a killed process would: no flush, no ack frame."""
-    os.close(wal._fd)
-    os.close(wal._dir_fd)
+    os.close(wal._files.fd)
+    os.close(wal._files.dir_fd)
     os.close(wal._lock_fd)
     wal._closed = True
 

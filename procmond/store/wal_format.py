@@ -14,8 +14,9 @@ watermark (``seq`` is the highest acknowledged number, the payload is empty).
 The frame header has its own checksum so that a damaged ``length`` is caught
 instead of being read as a torn tail.
 
-Only :mod:`procmond.store.wal` uses this module; it has no state and does no I/O
-beyond :func:`write_all` on a descriptor it is given.
+Only the write-ahead log's modules (:mod:`procmond.store.wal` and its
+``wal_recovery`` and ``wal_segments``) use this module; it has no state and does
+no I/O beyond :func:`write_all` on a descriptor it is given.
 """
 
 from __future__ import annotations
