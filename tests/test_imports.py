@@ -45,7 +45,13 @@ FSM_FORBIDDEN_STDLIB = frozenset(
 #: Each third-party library and the only procmond modules allowed to import it.
 OWNERS: dict[str, frozenset[str]] = {
     "redis": frozenset({"procmond/bus/redis.py", "procmond/embedded.py"}),
-    "psutil": frozenset({"procmond/collect/collector.py"}),
+    "psutil": frozenset(
+        {
+            "procmond/collect/collector.py",
+            "procmond/collect/details.py",
+            "procmond/collect/scan.py",
+        }
+    ),
     "pydantic": frozenset({"procmond/schemas.py", "procmond/agent/schemas.py"}),
     "click": frozenset({"procmond/cli.py"}),
     "graphviz": frozenset({"procmond/diagram.py"}),
