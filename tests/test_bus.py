@@ -17,6 +17,8 @@ from redis_fixtures import running_redis, unique_name
 
 import procmond.bus.memory as memory_bus
 import procmond.bus.redis as bus_module
+import procmond.bus.redis_commands as bus_commands
+import procmond.bus.redis_pubsub as bus_pubsub
 import procmond.bus.types as bus_types
 from procmond.bus.memory import MemoryBroker, MemoryBus
 from procmond.bus.redis import (
@@ -579,7 +581,7 @@ def test_both_buses_satisfy_the_protocol() -> None:
         assert factory().status is C.DISCONNECTED
 
 
-@pytest.mark.parametrize("module", [bus_module, bus_types, memory_bus])
+@pytest.mark.parametrize("module", [bus_module, bus_commands, bus_pubsub, bus_types, memory_bus])
 def test_all_is_complete(module: ModuleType) -> None:
     """Every public name defined in the bus modules is exported in their __all__."""
     public = {

@@ -44,7 +44,14 @@ FSM_FORBIDDEN_STDLIB = frozenset(
 
 #: Each third-party library and the only procmond modules allowed to import it.
 OWNERS: dict[str, frozenset[str]] = {
-    "redis": frozenset({"procmond/bus/redis.py", "procmond/embedded.py"}),
+    "redis": frozenset(
+        {
+            "procmond/bus/redis.py",
+            "procmond/bus/redis_commands.py",
+            "procmond/bus/redis_pubsub.py",
+            "procmond/embedded.py",
+        }
+    ),
     "psutil": frozenset(
         {
             "procmond/collect/collector.py",
