@@ -59,7 +59,16 @@ OWNERS: dict[str, frozenset[str]] = {
             "procmond/collect/scan.py",
         }
     ),
-    "pydantic": frozenset({"procmond/schemas.py", "procmond/agent/schemas.py"}),
+    "pydantic": frozenset(
+        {
+            "procmond/agent/schemas.py",
+            "procmond/schemas/config.py",
+            "procmond/schemas/envelopes.py",
+            "procmond/schemas/messages.py",
+            "procmond/schemas/payloads.py",
+            "procmond/schemas/wire.py",
+        }
+    ),
     "click": frozenset({"procmond/cli.py"}),
     "graphviz": frozenset({"procmond/diagram.py"}),
 }
