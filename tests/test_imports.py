@@ -69,7 +69,15 @@ OWNERS: dict[str, frozenset[str]] = {
             "procmond/schemas/wire.py",
         }
     ),
-    "click": frozenset({"procmond/cli.py"}),
+    "click": frozenset(
+        {
+            "procmond/cli/__init__.py",
+            "procmond/cli/control.py",
+            "procmond/cli/daemon.py",
+            "procmond/cli/options.py",
+            "procmond/cli/tools.py",
+        }
+    ),
     "graphviz": frozenset({"procmond/diagram.py"}),
 }
 
