@@ -1,19 +1,23 @@
-"""The bus: RedisBus against private redis-servers, and the MemoryBus fake."""
+"""RedisBus against private redis-servers: pub/sub delivery and confirmation, the
+XADD pipeline, closing; both buses against the Bus protocol.
+
+Reconnecting and authentication are in test_bus_connection, the MemoryBus fake in
+test_memory_bus."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from redis_fixtures import running_redis, unique_name
+from bus_support import WAIT, C, Inbox, connected
+from redis_fixtures import unique_name
 
 import procmond.bus.memory as memory_bus
 import procmond.bus.redis as bus_module
@@ -25,66 +29,10 @@ from procmond.bus.redis import (
     Bus,
     BusClosed,
     BusRefused,
-    BusUnavailable,
     ConnectionStatus,
     RedisBus,
 )
 from procmond.embedded import RedisServer
-
-C = ConnectionStatus
-WAIT = 5.0  # generous bound for anything that should take milliseconds
-
-
-class Inbox:
-    """Collects (channel, data) or (pattern, channel, data) and lets a test await them."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[Any, ...]] = []
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def on_message(self, channel: str, data: bytes) -> None:
-        self.items.append((channel, data))
-        self._queue.put_nowait((channel, data))
-
-    def on_pmessage(self, pattern: str, channel: str, data: bytes) -> None:
-        self.items.append((pattern, channel, data))
-        self._queue.put_nowait((pattern, channel, data))
-
-    async def get(self, timeout: float = WAIT) -> tuple[Any, ...]:
-        async with asyncio.timeout(timeout):
-            return await self._queue.get()
-
-
-class StatusLog:
-    """Records status changes and signals when a given status is reached."""
-
-    def __init__(self) -> None:
-        self.seen: list[ConnectionStatus] = []
-        self._events = {status: asyncio.Event() for status in ConnectionStatus}
-
-    def __call__(self, status: ConnectionStatus) -> None:
-        self.seen.append(status)
-        self._events[status].set()
-
-    async def reached(self, status: ConnectionStatus, timeout: float = WAIT) -> None:
-        async with asyncio.timeout(timeout):
-            await self._events[status].wait()
-
-    def reset(self) -> None:
-        for event in self._events.values():
-            event.clear()
-
-
-@asynccontextmanager
-async def connected(url: str, **kwargs: Any) -> AsyncIterator[RedisBus]:
-    bus = RedisBus(url, **kwargs)
-    await bus.start()
-    try:
-        assert await bus.wait_connected(WAIT)
-        yield bus
-    finally:
-        await bus.close()
-
 
 # -- RedisBus against a real server --------------------------------------------
 
@@ -284,131 +232,6 @@ async def test_xadd_to_a_key_of_another_type_is_refused(redis_server: RedisServe
 
 
 @pytest.mark.redis
-async def test_status_sequence_across_server_restart(fresh_redis: RedisServer) -> None:
-    """Stop + restart: Connected, Disconnected, Reconnecting, Connected; subscriptions work."""
-    log, inbox = StatusLog(), Inbox()
-    bus = RedisBus(fresh_redis.url)
-    bus.add_status_listener(log)
-    await bus.start()
-    try:
-        await log.reached(C.CONNECTED)
-        await bus.subscribe("ch", inbox.on_message)
-        await bus.psubscribe("p.*", inbox.on_pmessage)
-        log.reset()
-        fresh_redis.stop()
-        await log.reached(C.RECONNECTING)
-        fresh_redis.start()
-        await log.reached(C.CONNECTED)
-        assert log.seen == [C.CONNECTED, C.DISCONNECTED, C.RECONNECTING, C.CONNECTED]
-        async with connected(fresh_redis.url) as other:
-            assert await other.publish("ch", b"again") == 1
-            assert await other.publish("p.x", b"pat") == 1
-        assert {await inbox.get(), await inbox.get()} == {("ch", b"again"), ("p.*", "p.x", b"pat")}
-    finally:
-        await bus.close()
-    assert log.seen[-1] is C.DISCONNECTED
-
-
-@pytest.mark.redis
-async def test_subscription_made_while_down_is_active_when_connected(
-    fresh_redis: RedisServer,
-) -> None:
-    """start() returns at once with Redis down; a subscribe() made meanwhile works later."""
-    fresh_redis.stop()
-    log, inbox = StatusLog(), Inbox()
-    bus = RedisBus(fresh_redis.url)
-    bus.add_status_listener(log)
-    async with asyncio.timeout(1):
-        await bus.start()
-    try:
-        assert bus.status is not C.CONNECTED
-        await bus.subscribe("early", inbox.on_message)
-        await log.reached(C.RECONNECTING)
-        with pytest.raises(BusUnavailable):
-            await bus.publish("early", b"x")
-        fresh_redis.start()
-        assert await bus.wait_connected(WAIT)
-        assert await bus.publish("early", b"x") == 1
-        assert await inbox.get() == ("early", b"x")
-        assert log.seen == [C.RECONNECTING, C.CONNECTED]
-    finally:
-        await bus.close()
-
-
-@pytest.mark.redis
-async def test_frozen_server_is_noticed(fresh_redis: RedisServer) -> None:
-    """A SIGSTOPped server is Disconnected within liveness_timeout + 1 s; back after SIGCONT."""
-    log = StatusLog()
-    async with connected(fresh_redis.url, liveness_interval=0.2, liveness_timeout=1.0) as bus:
-        bus.add_status_listener(log)
-        fresh_redis.pause()
-        try:
-            await log.reached(C.DISCONNECTED, timeout=1.0 + 1.0)
-        finally:
-            fresh_redis.resume()
-        await log.reached(C.CONNECTED)
-        assert bus.status is C.CONNECTED
-
-
-@pytest.mark.redis
-async def test_publish_and_xadd_while_down_raise_unavailable(fresh_redis: RedisServer) -> None:
-    """With the server gone, publish and xadd_many raise BusUnavailable."""
-    log = StatusLog()
-    async with connected(fresh_redis.url) as bus:
-        bus.add_status_listener(log)
-        fresh_redis.stop()
-        await log.reached(C.DISCONNECTED)
-        with pytest.raises(BusUnavailable):
-            await bus.publish("ch", b"x")
-        with pytest.raises(BusUnavailable):
-            await bus.xadd_many([("s", {"f": "v"})], maxlen=10)
-
-
-@pytest.mark.redis
-async def test_tcp_url() -> None:
-    """redis://127.0.0.1:port works as well as unix://."""
-    from procmond.embedded import free_port
-
-    with running_redis(port=free_port()) as server:
-        assert server.url.startswith("redis://127.0.0.1:")
-        inbox = Inbox()
-        async with connected(server.url) as bus:
-            await bus.subscribe("tcp", inbox.on_message)
-            assert await bus.publish("tcp", b"x") == 1
-            assert await inbox.get() == ("tcp", b"x")
-
-
-@pytest.mark.redis
-async def test_acl_user_and_password_in_the_url(fresh_redis: RedisServer) -> None:
-    """An ACL user:password in a unix:// URL authenticates; a wrong password never connects."""
-    admin = aioredis.Redis.from_url(fresh_redis.url)
-    try:
-        await admin.acl_setuser(
-            "collector",
-            enabled=True,
-            passwords=["+s3cret"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-        await admin.acl_setuser("default", enabled=False)
-    finally:
-        await admin.aclose()
-    path = fresh_redis.url.removeprefix("unix://")
-    inbox = Inbox()
-    async with connected(f"unix://collector:s3cret@{path}") as bus:
-        await bus.subscribe("acl", inbox.on_message)
-        assert await bus.publish("acl", b"x") == 1
-        assert await inbox.get() == ("acl", b"x")
-    wrong = RedisBus(f"unix://collector:wrong@{path}")
-    await wrong.start()
-    try:
-        assert not await wrong.wait_connected(0.5)
-    finally:
-        await wrong.close()
-
-
-@pytest.mark.redis
 async def test_close_is_idempotent_and_later_use_fails(redis_server: RedisServer) -> None:
     """close() twice is fine; using the bus afterwards raises BusClosed (the caller's fault)."""
     async with connected(redis_server.url) as bus:
@@ -425,150 +248,6 @@ def test_liveness_interval_must_be_shorter_than_timeout() -> None:
     """A ping interval as long as the timeout could never prove liveness."""
     with pytest.raises(ValueError, match="liveness_interval"):
         RedisBus("unix:///nonexistent", liveness_interval=3.0, liveness_timeout=3.0)
-
-
-# -- MemoryBus -------------------------------------------------------------------
-
-
-async def _memory_pair() -> tuple[MemoryBroker, MemoryBus, MemoryBus]:
-    broker = MemoryBroker()
-    a, b = MemoryBus(broker), MemoryBus(broker)
-    await a.start()
-    await b.start()
-    return broker, a, b
-
-
-async def _drain() -> None:
-    """Let call_soon deliveries run."""
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-async def test_memory_round_trip_in_order_with_counts() -> None:
-    """Fan-out to channel and pattern subscribers, in publish order, counted like PUBLISH."""
-    broker, a, b = await _memory_pair()
-    inbox = Inbox()
-    await a.subscribe("control.x", inbox.on_message)
-    await b.psubscribe("control.*", inbox.on_pmessage)
-    assert a.status is C.CONNECTED
-    assert await b.publish("control.x", b"1") == 2
-    assert await b.publish("control.x", b"2") == 2
-    assert await b.publish("other", b"3") == 0
-    assert inbox.items == []  # delivered via call_soon, not inside publish
-    await _drain()
-    assert inbox.items == [
-        ("control.x", b"1"),
-        ("control.*", "control.x", b"1"),
-        ("control.x", b"2"),
-        ("control.*", "control.x", b"2"),
-    ]
-    assert broker.published == [("control.x", b"1"), ("control.x", b"2"), ("other", b"3")]
-
-
-async def test_memory_broker_down_loses_messages_and_restores_subscriptions() -> None:
-    """Broker down: Disconnected, Reconnecting, publish fails; back up: Connected, subscribed."""
-    broker, a, b = await _memory_pair()
-    log, inbox = StatusLog(), Inbox()
-    a.add_status_listener(log)
-    await a.subscribe("ch", inbox.on_message)
-    await b.publish("ch", b"in flight")
-    broker.set_down(True)
-    await log.reached(C.RECONNECTING)
-    with pytest.raises(BusUnavailable):
-        await b.publish("ch", b"lost")
-    with pytest.raises(BusUnavailable):
-        await a.xadd_many([("s", {"f": "v"})], maxlen=None)
-    broker.set_down(False)
-    assert log.seen == [C.DISCONNECTED, C.RECONNECTING, C.CONNECTED]
-    assert await b.publish("ch", b"after") == 1
-    await _drain()
-    assert inbox.items == [("ch", b"after")]
-
-
-async def test_memory_per_bus_fault_leaves_the_others_up() -> None:
-    """bus.set_down(True) cuts that bus alone: others still talk, it receives nothing."""
-    _broker, a, b = await _memory_pair()
-    inbox = Inbox()
-    await a.subscribe("ch", inbox.on_message)
-    a.set_down(True)
-    assert a.status is C.DISCONNECTED
-    assert b.status is C.CONNECTED
-    assert await b.publish("ch", b"x") == 0
-    a.set_down(False)
-    assert await b.publish("ch", b"y") == 1
-    await _drain()
-    assert inbox.items == [("ch", b"y")]
-
-
-async def test_memory_start_while_down_then_up() -> None:
-    """Started on a down broker: Disconnected, then Reconnecting, then Connected once it is up."""
-    broker = MemoryBroker()
-    broker.set_down(True)
-    bus, log = MemoryBus(broker), StatusLog()
-    bus.add_status_listener(log)
-    await bus.start()
-    assert not await bus.wait_connected(0.01)
-    await log.reached(C.RECONNECTING)
-    broker.set_down(False)
-    assert await bus.wait_connected(0.01)
-    assert log.seen == [C.RECONNECTING, C.CONNECTED]
-
-
-async def test_memory_streams_ids_maxlen_and_injected_failures() -> None:
-    """Stream ids are "n-0" per stream; maxlen trims the oldest; fail_next_xadd fails one call."""
-    broker, a, _b = await _memory_pair()
-    ids = await a.xadd_many(
-        [("s", {"n": str(n)}) for n in range(5)] + [("t", {"n": "x"})], maxlen=3
-    )
-    assert ids == ["1-0", "2-0", "3-0", "4-0", "5-0", "1-0"]
-    assert broker.stream("s") == [("3-0", {"n": "2"}), ("4-0", {"n": "3"}), ("5-0", {"n": "4"})]
-    assert broker.stream("missing") == []
-    broker.fail_next_xadd()
-    with pytest.raises(BusUnavailable):
-        await a.xadd_many([("s", {"n": "5"})], maxlen=None)
-    assert await a.xadd_many([("s", {"n": "5"})], maxlen=None) == ["6-0"]
-    assert a.status is C.CONNECTED
-
-
-async def test_memory_unsubscribe_drops_messages_in_flight() -> None:
-    """A message already scheduled is not delivered after unsubscribe()."""
-    _broker, a, b = await _memory_pair()
-    inbox = Inbox()
-    await a.subscribe("ch", inbox.on_message)
-    assert await b.publish("ch", b"x") == 1
-    await a.unsubscribe("ch")
-    await _drain()
-    assert inbox.items == []
-
-
-async def test_memory_failing_handler_and_listener_are_contained(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Exceptions from handlers and status listeners are logged, not raised into the bus."""
-    broker, a, b = await _memory_pair()
-
-    def explode(*_args: object) -> None:
-        raise RuntimeError("boom")
-
-    a.add_status_listener(explode)
-    await a.subscribe("ch", explode)
-    with caplog.at_level(logging.ERROR, logger="procmond.bus"):
-        await b.publish("ch", b"x")
-        await _drain()
-        broker.set_down(True)
-    assert "handler" in caplog.text
-    assert "listener" in caplog.text
-    assert a.status is C.DISCONNECTED
-
-
-async def test_memory_close_is_idempotent() -> None:
-    """close() twice is fine; the closed bus refuses use with BusClosed."""
-    _broker, a, _b = await _memory_pair()
-    await a.close()
-    await a.close()
-    assert a.status is C.DISCONNECTED
-    with pytest.raises(BusClosed):
-        await a.publish("ch", b"x")
 
 
 def test_both_buses_satisfy_the_protocol() -> None:
