@@ -139,3 +139,37 @@ def states_table_markdown() -> str:
         for spec in lifecycle.STATES
     ]
     return _table(("state", "meaning", "refuses with", "accepts", "triggers out"), rows)
+
+
+def _actions(actions: Sequence[lifecycle.Action]) -> str:
+    return ", ".join(a.value for a in actions) or "nothing"
+
+
+def effects_table_markdown() -> str:
+    """What each state means for the daemon: activities, entry and exit actions, systemd, health.
+
+    The daemon performs exactly this (:func:`fsm.lifecycle.move`): on a change, the
+    actions of the state left, then the activities that differ stopped and started,
+    then the actions of the state entered.
+    """
+    order = list(lifecycle.Activity)
+    rows = []
+    for spec in lifecycle.STATES:
+        effects = spec.effects
+        health = effects.health
+        rows.append(
+            (
+                _code(spec.state.value),
+                ", ".join(a.value for a in sorted(effects.activities, key=order.index))
+                or "nothing",
+                _actions(effects.on_enter),
+                _actions(effects.on_exit),
+                " ".join([*effects.sd_notify, f"STATUS={effects.status}"]),
+                "none"
+                if health is None
+                else f"{health.severity.value}: {health.reason.format(state=spec.state.value)}",
+            )
+        )
+    return _table(
+        ("state", "while in it", "on entering", "on leaving", "sd_notify", "health"), rows
+    )

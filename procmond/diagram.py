@@ -59,6 +59,8 @@ def tables_markdown() -> str:
         + "`yes` or the error code of the refusal (protocol sections 4 and 5). "
         + "CollectTick and HeartbeatTick are the daemon's own periodic work.\n\n"
         + render.acceptance_table_markdown()
+        + "\n## Effects of each state\n\n"
+        + render.effects_table_markdown()
         + "\n## Transitions\n\n"
         + render.transitions_table_markdown()
         + "\n## States\n\n"
@@ -71,6 +73,7 @@ def docs_blocks() -> dict[str, str]:
     return {
         "mermaid": "```mermaid\n" + render.mermaid() + "```\n",
         "acceptance": render.acceptance_table_markdown(),
+        "effects": render.effects_table_markdown(),
         "transitions": render.transitions_table_markdown(),
         "states": render.states_table_markdown(),
     }

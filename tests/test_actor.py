@@ -7,31 +7,55 @@ import time
 from pathlib import Path
 
 import pytest
-from memory_harness import FakeCollector, make_ready, running_parts
+from memory_harness import (
+    FakeCollector,
+    Parts,
+    ask_taken,
+    hold_cycle,
+    make_ready,
+    running_parts,
+    soon,
+)
 from protocol_tables import SECTION_5
 
-from fsm import Trigger
-from procmond.daemon.actor import ProcmondMonitorCollector
-from procmond.daemon.messages import GracefulShutdown, HealthCheck, Message, UpdateConfig
+from fsm import State
+from procmond.daemon.messages import GracefulShutdown, HealthCheck, Request, UpdateConfig
 from procmond.errors import Refused
 
 # Protocol section 5, written out independently of fsm/.
 TABLE = SECTION_5
-PATH: dict[str, list[Trigger]] = {
-    "unregistered": [],
-    "registering": [Trigger.START_REGISTRATION],
-    "ready": [Trigger.START_REGISTRATION, Trigger.REGISTRATION_ACCEPTED],
-    "draining": [Trigger.SHUTDOWN_REQUESTED],
-    "deregistered": [Trigger.SHUTDOWN_REQUESTED, Trigger.DRAIN_COMPLETE],
-}
-MESSAGES: dict[str, Message] = {
+MESSAGES: dict[str, Request] = {
     "HealthCheck": HealthCheck(),
     "UpdateConfig": UpdateConfig({"max_processes": 5}),
     "GracefulShutdown": GracefulShutdown("test"),
 }
 
 
-@pytest.mark.parametrize("state", list(PATH))
+async def reach(parts: Parts, state: str) -> None:
+    """Drive the parts into ``state`` the way the daemon gets there: through its inputs."""
+    actor = parts.actor
+    if state == "registering":
+        await actor.entered[State.REGISTERING].reach(1)
+    elif state == "unregistered":
+        await actor.entered[State.REGISTERING].reach(1)
+        await parts.agent.answer("reject")  # the retry comes 30 s later (STEADY)
+        await actor.entered[State.UNREGISTERED].reach(2)
+    elif state == "ready":
+        await make_ready(parts)
+    elif state == "draining":
+        await make_ready(parts)
+        await hold_cycle(parts)  # the drain waits for this cycle
+        assert actor.tell(GracefulShutdown("test"))
+        await actor.entered[State.DRAINING].reach(1)
+    else:
+        await make_ready(parts)
+        assert (await actor.ask(GracefulShutdown("test", soon(5)), soon(10))).error is None
+        await actor.entered[State.DEREGISTERED].reach(1)
+
+
+@pytest.mark.parametrize(
+    "state", ["unregistered", "registering", "ready", "draining", "deregistered"]
+)
 @pytest.mark.parametrize("operation", list(TABLE))
 async def test_admission_follows_protocol_section_5(
     tmp_path: Path, state: str, operation: str
@@ -39,12 +63,11 @@ async def test_admission_follows_protocol_section_5(
     """Each state admits or refuses each wire operation as protocol section 5 says, with context."""
     async with running_parts(tmp_path) as parts:
         actor = parts.actor
-        for trigger in PATH[state]:
-            actor.fire(trigger)
+        await reach(parts, state)
         assert actor.state.value == state
         expected = TABLE[operation][state]
         if expected == "yes":
-            assert actor.admits(MESSAGES[operation].operation)
+            assert actor.lifecycle.admit(MESSAGES[operation].operation).accepted
             return
         with pytest.raises(Refused) as refused:
             actor.offer(MESSAGES[operation])
@@ -60,24 +83,15 @@ async def test_admission_follows_protocol_section_5(
             assert refused.value.status == "Unavailable"
 
 
-async def taken(actor: ProcmondMonitorCollector) -> None:
-    """Wait until the request just asked for has left the mailbox (it is being executed)."""
-    await asyncio.sleep(0)  # let the asking task offer its message
-    async with asyncio.timeout(5):
-        while actor.mailbox_depth:  # noqa: ASYNC110 - the mailbox has no "taken" signal
-            await asyncio.sleep(0.005)
-
-
 async def test_full_mailbox_answers_busy_with_retry_after(tmp_path: Path) -> None:
     """With the actor held by a request, a full mailbox refuses at once with BUSY."""
     fake = FakeCollector()
     fake.gate.clear()
     async with running_parts(tmp_path, mailbox_size=2, collector=fake) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
         await fake.wait_entered()  # the baseline cycle is held
-        blocker = asyncio.ensure_future(actor.ask(UpdateConfig({"max_processes": 1}), 5))
-        await taken(actor)
+        blocker = await ask_taken(actor, UpdateConfig({"max_processes": 1}))
         queued = [actor.offer(HealthCheck()), actor.offer(HealthCheck())]
         with pytest.raises(Refused) as busy:
             actor.offer(HealthCheck())
@@ -98,10 +112,9 @@ async def test_queued_requests_answered_shutting_down_when_the_actor_stops(
     fake.gate.clear()
     async with running_parts(tmp_path, collector=fake) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
         await fake.wait_entered()
-        blocker = asyncio.ensure_future(actor.ask(UpdateConfig({"max_processes": 1}), 5))
-        await taken(actor)
+        blocker = await ask_taken(actor, UpdateConfig({"max_processes": 1}))
         queued = [actor.offer(HealthCheck()) for _ in range(3)]
         actor.stop()
         fake.gate.set()
@@ -119,7 +132,7 @@ async def test_deadline_passed_while_queued_is_not_executed(tmp_path: Path) -> N
     """A request whose deadline passed before its turn gets DEADLINE_EXCEEDED, unexecuted."""
     async with running_parts(tmp_path) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
         future = actor.offer(UpdateConfig({"max_processes": 9}), deadline=time.monotonic() - 0.001)
         outcome = await asyncio.wait_for(future, 5)
         assert outcome.error is not None
@@ -137,13 +150,13 @@ async def test_execution_overrun_is_timeout_and_the_next_request_is_served(
     fake.gate.clear()
     async with running_parts(tmp_path, collector=fake) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
         await fake.wait_entered()
         future = actor.offer(UpdateConfig({"max_processes": 9}), deadline=time.monotonic() + 0.2)
         outcome = await asyncio.wait_for(future, 5)
         assert outcome.error is not None
         assert (outcome.error.code, outcome.error.status) == ("TIMEOUT", "Timeout")
-        health = await actor.ask(HealthCheck(), 5)
+        health = await actor.ask(HealthCheck(), soon(5))
         assert health.error is None
         assert health.payload is not None
         assert health.payload["config_version"] == 1
@@ -157,10 +170,9 @@ async def test_update_config_waits_for_the_cycle_boundary(tmp_path: Path) -> Non
     fake.gate.clear()
     async with running_parts(tmp_path, collector=fake) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
         await fake.wait_entered()
-        pending = asyncio.ensure_future(actor.ask(UpdateConfig({"max_processes": 50}), 5))
-        await taken(actor)
+        pending = await ask_taken(actor, UpdateConfig({"max_processes": 50}))
         assert not pending.done()
         assert actor.config.max_processes == 0
         fake.gate.set()
@@ -178,12 +190,12 @@ async def test_changed_fields_config_version_and_validate_only(tmp_path: Path) -
     """Only real changes bump config_version; validate_only applies nothing; bad values refused."""
     async with running_parts(tmp_path) as parts:
         actor = parts.actor
-        make_ready(actor)
+        await make_ready(parts)
 
         async def update(
             changes: dict[str, object], validate_only: bool = False
         ) -> dict[str, object]:
-            outcome = await actor.ask(UpdateConfig(changes, validate_only), 5)
+            outcome = await actor.ask(UpdateConfig(changes, validate_only), soon(5))
             assert outcome.error is None, outcome.error
             assert outcome.payload is not None
             return outcome.payload
@@ -199,7 +211,9 @@ async def test_changed_fields_config_version_and_validate_only(tmp_path: Path) -
         assert actor.config.max_processes == 10
         assert actor.config_version == 2
         assert len(parts.collector.settings) == calls
-        bad = await actor.ask(UpdateConfig({"max_processes": 12, "max_events_in_flight": "5"}), 5)
+        bad = await actor.ask(
+            UpdateConfig({"max_processes": 12, "max_events_in_flight": "5"}), soon(5)
+        )
         assert bad.error is not None
         assert bad.error.code == "VALIDATION_FAILED"
         assert bad.error.context["errors"][0]["field"] == "max_events_in_flight"
@@ -212,33 +226,33 @@ async def test_internal_error_is_answered_and_the_actor_keeps_serving(tmp_path: 
     fake.fail_update = True
     async with running_parts(tmp_path, collector=fake) as parts:
         actor = parts.actor
-        make_ready(actor)
-        outcome = await actor.ask(UpdateConfig({"max_processes": 3}), 5)
+        await make_ready(parts)
+        outcome = await actor.ask(UpdateConfig({"max_processes": 3}), soon(5))
         assert outcome.error is not None
         assert (outcome.error.code, outcome.error.status) == ("INTERNAL", "Error")
-        assert (await actor.ask(HealthCheck(), 5)).error is None
+        assert (await actor.ask(HealthCheck(), soon(5))).error is None
 
 
 async def test_graceful_shutdown_flushes_and_reports(tmp_path: Path) -> None:
     """GracefulShutdown drains: every logged event reaches the streams, then Success."""
     async with running_parts(tmp_path) as parts:
         actor = parts.actor
-        make_ready(actor)
-        outcome = await actor.ask(GracefulShutdown("unit test", 5), 10)
+        await make_ready(parts)
+        outcome = await actor.ask(GracefulShutdown("unit test", 5), soon(10))
         assert outcome.error is None
         assert outcome.payload is not None
         assert set(outcome.payload) == {"events_flushed", "wal_pending", "drain_ms", "complete"}
         assert outcome.payload["complete"] is True
         assert outcome.payload["wal_pending"] == 0
-        assert actor.state.value == "draining"
         published = parts.broker.stream("events.process.start")
         assert [int(fields["seq"]) for _id, fields in published] == list(
             range(1, len(published) + 1)
         )
-        report = await asyncio.wait_for(actor.drained, 5)
-        assert report.reason == "unit test"
-        health = await actor.ask(HealthCheck(), 5)
-        assert health.error is None
-        refused = await actor.ask(UpdateConfig({"max_processes": 1}), 5)
+        await actor.entered[State.DEREGISTERED].reach(1)
+        assert actor.report is not None
+        assert actor.report.reason == "unit test"
+        deregister = [r for r in parts.agent.requests if r["operation"] == "Deregister"]
+        assert [d["payload"]["reason"] for d in deregister] == ["unit test"]
+        refused = await actor.ask(UpdateConfig({"max_processes": 1}), soon(5))
         assert refused.error is not None
         assert refused.error.code == "SHUTTING_DOWN"

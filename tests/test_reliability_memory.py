@@ -33,9 +33,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from memory_harness import CID, FakeCollector, Parts, make_ready, running_parts
 from reliability_support import record
 
-from fsm import Facts, State, Trigger, target
+from fsm import Activity, State, Trigger, effects, is_live, target
 from procmond.collect.collector import CycleResult
 from procmond.collect.process_event import ProcessEvent
+from procmond.daemon.actor import ProcmondMonitorCollector
 from procmond.daemon.messages import CollectTick, UpdateConfig
 from procmond.daemon.registration import RegistrationSettings
 
@@ -50,9 +51,9 @@ async def test_expired_requests_are_not_executed_and_a_slow_actor_times_out(
     DEADLINE_EXCEEDED and never applied; once the cycle ends the waiting update applies."""
     fake = FakeCollector()
     async with running_parts(tmp_path, collector=fake) as parts:
-        make_ready(parts.actor)
+        await make_ready(parts)
         client = parts.client
-        await _until(lambda: parts.actor.collection_cycles >= 1)  # the baseline ran
+        await parts.actor.collection.cycles.reach(1)  # the baseline ran
         fake.gate.clear()
         fake.entered.clear()
         parts.actor.tell(CollectTick(), priority=True)
@@ -64,10 +65,11 @@ async def test_expired_requests_are_not_executed_and_a_slow_actor_times_out(
         assert health["status"] == "Success"
 
         # Straight into the mailbox, so it is surely ahead of the next request.
+        taken = parts.actor.mailbox.taken.value
         waiting = parts.actor.offer(
             UpdateConfig({"max_processes": 6}), deadline=time.monotonic() + 10
         )
-        await _until(lambda: parts.actor.mailbox_depth == 0)  # taken: waiting at the boundary
+        await parts.actor.mailbox.taken.reach(taken + 1)  # taken: waiting at the boundary
         queued = await client.call(
             "UpdateConfig", {"changes": {"max_processes": 7}}, deadline_s=0.3
         )
@@ -94,15 +96,8 @@ async def test_expired_requests_are_not_executed_and_a_slow_actor_times_out(
     )
 
 
-async def _until(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - state of the parts under test
-            await asyncio.sleep(0.002)
-
-
 # -- the stateful test (fault 8) ----------------------------------------------------
 
-REGISTRATION_TOPIC = "control.collector.registration"
 #: Small enough that a cycle or two with the bus down fill it (events are ~350 bytes).
 SMALL_WAL = 6 * 1024
 STATS: dict[str, int] = {
@@ -116,13 +111,18 @@ STATS: dict[str, int] = {
 
 
 class RecordingCollector(FakeCollector):
-    """A FakeCollector that remembers every event it handed out."""
+    """A FakeCollector that remembers every event it handed out, and the lifecycle state
+    each cycle started in."""
 
     def __init__(self) -> None:
         super().__init__(events_per_cycle=3)
         self.produced: list[ProcessEvent] = []
+        self.actor: ProcmondMonitorCollector | None = None
+        self.started_in: list[State] = []
 
     def collect(self) -> CycleResult:
+        if self.actor is not None:
+            self.started_in.append(self.actor.state)
         result = super().collect()
         self.produced.extend(result.events)
         return result
@@ -139,21 +139,17 @@ class DaemonMachine(RuleBasedStateMachine):
         self.cm: AbstractAsyncContextManager[Parts] = running_parts(
             self.tmp,
             collector=self.collector,
-            run_registration=True,
             wal_max_bytes=SMALL_WAL,
             registration=RegistrationSettings(
                 attempt_timeout_s=0.2, backoff_initial_s=0.001, backoff_max_s=0.002
             ),
         )
         self.parts = self.runner.run(self.cm.__aenter__())
+        self.collector.actor = self.parts.actor
         self.moves: list[tuple[State, State, Trigger]] = []
         self.parts.actor.add_state_listener(lambda o, n, t: self.moves.append((o, n, t)))
-        self.runner.run(
-            self.parts.client.bus.subscribe(REGISTRATION_TOPIC, self.parts.client.on_message)
-        )
         self.sends: dict[str, int] = {}
         self.bodies: list[dict[str, Any]] = []
-        self.answered_registers = 0
         self.shut_down = False
         STATS["examples"] += 1
 
@@ -171,8 +167,10 @@ class DaemonMachine(RuleBasedStateMachine):
                 await asyncio.sleep(0.001)
                 answered = self._answer_counts()
                 done = all(answered.get(rid, 0) >= n for rid, n in self.sends.items())
-                idle = parts.actor._cycle is None and (
-                    parts.broker.down or parts.pipeline.pending == 0
+                idle = (
+                    not parts.actor.collection.running
+                    and not parts.registration.publishing
+                    and (parts.broker.down or parts.pipeline.pending == 0)
                 )
                 if done and idle:
                     return
@@ -185,9 +183,12 @@ class DaemonMachine(RuleBasedStateMachine):
 
     async def _tick(self) -> None:
         actor = self.parts.actor
-        before = actor.collection_cycles
-        if actor.tell(CollectTick(), priority=True):
-            await _until(lambda: actor.collection_cycles > before)
+        before = actor.collection.cycles.value
+        if actor.tell(CollectTick()):
+            await actor.collection.cycles.reach(before + 1)
+
+    async def _set_down(self, down: bool) -> None:
+        self.parts.broker.set_down(down)
 
     def _send(self, body: dict[str, Any]) -> None:
         self.sends[body["request_id"]] = self.sends.get(body["request_id"], 0) + 1
@@ -196,7 +197,7 @@ class DaemonMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @precondition(lambda self: not self.parts.broker.down)
+    @precondition(lambda self: not self.parts.broker.down and not self.shut_down)
     @rule(
         operation=st.sampled_from(
             ["HealthCheck", "UpdateConfig", "UpdateConfig-invalid", "Unknown", "Expired"]
@@ -222,7 +223,7 @@ class DaemonMachine(RuleBasedStateMachine):
         self._send(body)
         self._settle()
 
-    @precondition(lambda self: not self.parts.broker.down and self.bodies)
+    @precondition(lambda self: not self.parts.broker.down and self.bodies and not self.shut_down)
     @rule(index=st.integers(0, 1000))
     def repeat(self, index: int) -> None:
         """The same request id again: answered again (with the first answer)."""
@@ -239,17 +240,16 @@ class DaemonMachine(RuleBasedStateMachine):
         self._send(body)
         self._settle()
         actor = self.parts.actor
-        if actor.state is State.DRAINING:
-            self.runner.run(asyncio.wait_for(asyncio.shield(actor.drained), 5))
-            actor.fire(Trigger.DRAIN_COMPLETE, Facts(drain_finished=True))
-            self.shut_down = True
-            self._settle()
+        # The drain ends by itself (the cycle, the log and the flush are bounded): the
+        # daemon deregisters, stops listening and stops; nothing is answered afterwards.
+        self.runner.run(actor.entered[State.DEREGISTERED].reach(1, timeout=10))
+        self.shut_down = True
 
     @precondition(lambda self: not self.parts.broker.down)
     @rule()
     def bus_lost(self) -> None:
-        """Redis goes away."""
-        self.parts.broker.set_down(True)
+        """Redis goes away (on the loop, where a real bus reports its status)."""
+        self.runner.run(self._set_down(True))
         STATS["bus_losses"] += 1
         self._settle()
 
@@ -257,7 +257,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @rule()
     def bus_back(self) -> None:
         """Redis comes back."""
-        self.parts.broker.set_down(False)
+        self.runner.run(self._set_down(False))
         self._settle()
 
     @rule(events=st.integers(0, 12))
@@ -270,32 +270,17 @@ class DaemonMachine(RuleBasedStateMachine):
         self._settle()
 
     @precondition(lambda self: not self.parts.broker.down)
-    @rule(mode=st.sampled_from(["accept", "reject", "ignore"]))
-    def registration_answer(self, mode: str) -> None:
-        """Answer the oldest unanswered Register (or let it time out)."""
-        registers = [
-            m for m in self.parts.client.on(REGISTRATION_TOPIC) if m["operation"] == "Register"
-        ]
-        if len(registers) <= self.answered_registers:
-            self._settle()
-            return
-        request = registers[self.answered_registers]
-        self.answered_registers += 1
-        if mode != "ignore":
-            answer = {
-                "request_id": request["request_id"],
-                "status": "Success",
-                "payload": {
-                    "status": "Accepted" if mode == "accept" else "Rejected",
-                    "message": None,
-                    "heartbeat_interval_ms": None,
-                },
-            }
-            self.runner.run(
-                self.parts.client.bus.publish(
-                    f"control.rpc.response.{CID}", json.dumps(answer).encode()
-                )
-            )
+    @rule(mode=st.sampled_from(["accept", "reject", "ignore"]), late=st.booleans())
+    def registration_answer(self, mode: str, late: bool) -> None:
+        """Answer the oldest held Register (or drop it, so it times out); or answer the first
+        Register again, whose attempt is long over (a stale answer its guard must refuse)."""
+        agent = self.parts.agent
+        status = "Accepted" if mode == "accept" else "Rejected"
+        request = None if late else agent.take_held()
+        if request is not None and mode != "ignore":
+            self.runner.run(agent.send_reply(request, status))
+        elif late and len(agent.registers()) > 1 and mode != "ignore":
+            self.runner.run(agent.send_reply(agent.registers()[0], status))
         self._settle()
 
     # -- invariants -------------------------------------------------------------------
@@ -339,6 +324,43 @@ class DaemonMachine(RuleBasedStateMachine):
         assert sorted(pids) == sorted(e.pid for e in self.collector.produced)
 
     @invariant()
+    def no_cycle_starts_where_the_state_does_not_collect(self) -> None:
+        """No cycle starts in draining or deregistered (the table's ``collect`` activity)."""
+        assert all(Activity.COLLECT in effects(s).activities for s in self.collector.started_in)
+
+    @invariant()
+    def no_heartbeat_before_ready(self) -> None:
+        """Heartbeats come only after the first ``ready`` announcement, in ready or draining."""
+        received = self.parts.client.received
+        status, heartbeat = f"control.health.status.{CID}", f"control.health.heartbeat.{CID}"
+        first_ready = next(
+            (i for i, (ch, m) in enumerate(received) if ch == status and m["state"] == "ready"),
+            None,
+        )
+        beats = [(i, m) for i, (ch, m) in enumerate(received) if ch == heartbeat]
+        if beats:
+            assert self.parts.actor.entered[State.READY].value > 0
+            assert first_ready is None or beats[0][0] > first_ready
+        assert {m["state"] for _, m in beats} <= {"ready", "draining"}
+
+    @invariant()
+    def inbox_subscribed_in_every_live_state(self) -> None:
+        """While the state is live, the collector holds its request subscription."""
+        state = self.parts.actor.state
+        if is_live(state):
+            assert self.parts.bus.subscribed(f"control.collector.{CID}"), state
+
+    @invariant()
+    def one_announcement_per_announced_state_entered(self) -> None:
+        """Each entry into an announced state is published once, in order (or failed while
+        the bus was down); nothing else is announced."""
+        entered = [n.value for _o, n, _t in self.moves if effects(n).announced]
+        received = [m["state"] for m in self.parts.client.on(f"control.health.status.{CID}")]
+        assert len(received) + self.parts.registration.announcements_failed == len(entered)
+        remaining = iter(entered)
+        assert all(state in remaining for state in received), (received, entered)
+
+    @invariant()
     def heartbeats_count_up(self) -> None:
         """Heartbeat sequence numbers strictly increase."""
         beats = self.parts.client.on(f"control.health.heartbeat.{CID}")
@@ -348,7 +370,7 @@ class DaemonMachine(RuleBasedStateMachine):
     @invariant()
     def mailbox_within_bound(self) -> None:
         """The mailbox never held more requests than its size."""
-        assert self.parts.actor.mailbox_high_water <= 100
+        assert self.parts.actor.mailbox.high_water <= 100
 
     def teardown(self) -> None:
         STATS["events"] += len(self.collector.produced)

@@ -9,17 +9,20 @@ from pathlib import Path
 
 from memory_harness import CID, CLIENT, FakeCollector, make_ready, running_parts
 
+from fsm import State
+
 RESPONSES = f"control.rpc.response.{CLIENT}"
 
 
 async def test_health_check_envelope_and_correlation(tmp_path: Path) -> None:
     """A HealthCheck is answered on the caller's topic with the request's ids and timings."""
     async with running_parts(tmp_path) as parts:
+        await parts.actor.entered[State.REGISTERING].reach(1)  # the agent holds the answer
         answer = await parts.client.call("HealthCheck", None, correlation_id="corr-1")
         assert answer["status"] == "Success"
         assert answer["correlation_id"] == "corr-1"
         assert answer["service_id"] == CID
-        assert answer["state"] == "unregistered"
+        assert answer["state"] == "registering"
         assert answer["payload"]["metrics"]["rpc_malformed_total"] == 0
         assert answer["total_time_ms"] >= answer["queue_time_ms"]
 
@@ -28,7 +31,7 @@ async def test_invalid_requests(tmp_path: Path) -> None:
     """Schema breaks, bad payloads and oversize messages with a client_id are INVALID_REQUEST."""
     async with running_parts(tmp_path) as parts:
         client = parts.client
-        make_ready(parts.actor)
+        await make_ready(parts)
         body = client.request("HealthCheck")
         del body["target"]
         assert (await client.call_body(body))["error"]["code"] == "INVALID_REQUEST"
@@ -76,7 +79,7 @@ async def test_malformed_messages_are_dropped_and_counted(tmp_path: Path) -> Non
 async def test_deadline_passed_on_arrival_is_not_executed(tmp_path: Path) -> None:
     """DEADLINE_EXCEEDED when the deadline had passed on arrival; the update is not applied."""
     async with running_parts(tmp_path) as parts:
-        make_ready(parts.actor)
+        await make_ready(parts)
         past = (datetime.now(UTC) - timedelta(milliseconds=1)).isoformat()
         answer = await parts.client.call(
             "UpdateConfig", {"changes": {"max_processes": 4}}, deadline=past
@@ -90,7 +93,7 @@ async def test_repeated_request_id_gets_the_first_answer_without_executing_again
 ) -> None:
     """A repeat of (client_id, request_id) is answered with the first answer, not re-executed."""
     async with running_parts(tmp_path) as parts:
-        make_ready(parts.actor)
+        await make_ready(parts)
         client = parts.client
         first = await client.call(
             "UpdateConfig", {"changes": {"max_processes": 4}}, request_id="same"
@@ -111,16 +114,14 @@ async def test_busy_timeout_and_one_at_a_time(tmp_path: Path) -> None:
     fake = FakeCollector()
     fake.gate.clear()
     async with running_parts(tmp_path, mailbox_size=1, collector=fake) as parts:
-        make_ready(parts.actor)
+        await make_ready(parts)
         client = parts.client
         await fake.wait_entered()
+        taken = parts.actor.mailbox.taken.value
         slow = asyncio.ensure_future(
             client.call("UpdateConfig", {"changes": {"max_processes": 4}}, deadline_s=0.3)
         )
-        await asyncio.sleep(0)
-        async with asyncio.timeout(5):
-            while parts.actor.mailbox_depth:  # noqa: ASYNC110 - no "taken" signal to wait on
-                await asyncio.sleep(0.005)
+        await parts.actor.mailbox.taken.reach(taken + 1)  # waiting at the cycle boundary
         queued = asyncio.ensure_future(client.call("HealthCheck"))
         await asyncio.sleep(0)
         busy = await client.call("HealthCheck")
@@ -137,7 +138,7 @@ async def test_busy_timeout_and_one_at_a_time(tmp_path: Path) -> None:
 async def test_update_config_answer_and_validation_failed(tmp_path: Path) -> None:
     """UpdateConfig answers {config_version, changed_fields, config}; bad values are refused."""
     async with running_parts(tmp_path) as parts:
-        make_ready(parts.actor)
+        await make_ready(parts)
         client = parts.client
         ok = await client.call("UpdateConfig", {"changes": {"collection_interval_secs": 2}})
         assert ok["payload"]["changed_fields"] == ["collection_interval_secs"]

@@ -174,6 +174,10 @@ class MemoryBus(_StatusMixin):
         self._check_open()
         self._patterns[pattern] = handler
 
+    def subscribed(self, channel: str) -> bool:
+        """Whether this bus holds a subscription to ``channel`` (up or not): a test's view."""
+        return channel in self._channels
+
     async def unsubscribe(self, channel: str) -> None:
         self._check_open()
         self._channels.pop(channel, None)

@@ -170,6 +170,11 @@ class ProcmondMonitorCollector:
         return self.collection.config
 
     @property
+    def config_version(self) -> int:
+        """Starts at 1; grows by 1 with every update that changed something."""
+        return self.collection.config_version
+
+    @property
     def mailbox(self) -> Mailbox:
         """The mailbox (its counters: depth, peak, BUSY answers, messages taken)."""
         return self._mailbox
@@ -346,7 +351,7 @@ class ProcmondMonitorCollector:
         if not self.lifecycle.can_fire(trigger, facts):
             log.info("%s refused by its guard in state %s", trigger.value, self.state.value)
             if isinstance(message, RegistrationDue):
-                self.registrar.schedule()  # the bus dropped meanwhile: wait for it again
+                self.registrar.retry_when_connected()  # the bus dropped meanwhile
             return
         if isinstance(message, RegisterOutcome):
             self.registrar.record(message)

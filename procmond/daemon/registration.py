@@ -160,9 +160,11 @@ class Registrar:
         self._interval_ms = self._settings.heartbeat_interval_ms
         self._delays = self._backoff()
         self._attempt: asyncio.Task[None] | None = None
+        self._due: asyncio.Task[None] | None = None
         self._register_ids: set[str] = set()
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
+        self._unpublished = 0
         self._publish_log = RateLimitedLog(log, PUBLISH_WARNING_INTERVAL_S)
         #: The request id of the Register attempt in flight, None between attempts.
         self.attempt_id: str | None = None
@@ -172,9 +174,12 @@ class Registrar:
         self.last_rejection: str | None = None
         self.heartbeat_sequence = 0
         self.heartbeats_failed = 0
+        self.announcements_failed = 0
         #: Heartbeats and announcements that reached the bus (readiness).
         self.heartbeats_sent = Counter()
         self.announced = Counter()
+        #: Times a due attempt found the bus down and waits for it (readiness).
+        self.waiting_for_bus = Counter()
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -215,12 +220,24 @@ class Registrar:
         delay = next(self._delays, self._settings.backoff_max_s) if self.failures else 0.0
         if self.failures:
             log.info("registration attempt %d failed; retrying in %.2f s", self.failures, delay)
-        self._spawn(self._due_after(delay), "procmond-registration-due")
+        self._due_in(delay)
+
+    def retry_when_connected(self) -> None:
+        """The guard ``bus_connected`` refused a due attempt: try again once the bus is up."""
+        self._due_in(0.0)
+
+    def _due_in(self, delay: float) -> None:
+        if self._due is not None:
+            self._due.cancel()
+        self._due = self._spawn(self._due_after(delay), "procmond-registration-due")
 
     async def _due_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        while not await self._bus.wait_connected(timeout=_BUS_WAIT_S):
-            pass
+        if not await self._bus.wait_connected(timeout=0):
+            self.waiting_for_bus.add()
+            while not await self._bus.wait_connected(timeout=_BUS_WAIT_S):
+                pass
+        self._due = None
         self._tell(RegistrationDue())
 
     def send_register(self) -> None:
@@ -347,7 +364,7 @@ class Registrar:
             timestamp=datetime.now(UTC),
             heartbeat_interval_ms=self._interval_ms if state is State.READY else None,
         )
-        self._outbox.put_nowait((status_topic(self._cid), announcement.to_bytes(), False))
+        self._queue(status_topic(self._cid), announcement.to_bytes(), is_heartbeat=False)
 
     def heartbeat(self, health: HealthPayload) -> None:
         """Queue one heartbeat built from one health assessment; it takes the next number."""
@@ -368,7 +385,11 @@ class Registrar:
                 config_version=health.config_version,
             ),
         )
-        self._outbox.put_nowait((heartbeat_topic(self._cid), heartbeat.to_bytes(), True))
+        self._queue(heartbeat_topic(self._cid), heartbeat.to_bytes(), is_heartbeat=True)
+
+    def _queue(self, topic: str, data: bytes, *, is_heartbeat: bool) -> None:
+        self._unpublished += 1
+        self._outbox.put_nowait((topic, data, is_heartbeat))
 
     async def heartbeat_timer(self) -> None:
         """Activity ``heartbeat``: a HeartbeatTick to the actor every interval."""
@@ -387,10 +408,18 @@ class Registrar:
                 self._publish_log(logging.WARNING, topic, "could not publish on %s: %s", topic, exc)
                 if is_heartbeat:
                     self.heartbeats_failed += 1
+                else:
+                    self.announcements_failed += 1
             else:
                 (self.heartbeats_sent if is_heartbeat else self.announced).add()
             finally:
+                self._unpublished -= 1
                 self._outbox.task_done()
+
+    @property
+    def publishing(self) -> bool:
+        """True while announcements or heartbeats wait to be published."""
+        return self._unpublished > 0
 
     async def flush(self, timeout: float) -> bool:
         """Wait (bounded) until everything queued was published or failed."""
