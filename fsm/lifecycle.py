@@ -26,7 +26,8 @@ line is written down once, here, as three tables:
     of protocol section 5 as declared, and the daemon's internal ticks as
     its activities imply (a state that does not collect refuses CollectTick).
 
-:class:`Lifecycle` builds a ``transitions`` machine from those tables and
+:class:`~fsm.machine.Lifecycle` builds a ``transitions`` machine from those tables
+(:func:`machine_config`) and
 exposes a small typed API: :meth:`Lifecycle.fire` moves the machine (or
 raises :class:`InvalidTransition` and changes nothing), and
 :meth:`Lifecycle.admit` / :func:`admission` answer "may this state take this
@@ -46,82 +47,26 @@ them, so there must be none.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from transitions import Machine, MachineError
-
-
-class State(enum.StrEnum):
-    """The five lifecycle states; the value is the wire spelling."""
-
-    UNREGISTERED = "unregistered"
-    REGISTERING = "registering"
-    READY = "ready"
-    DRAINING = "draining"
-    DEREGISTERED = "deregistered"
-
-
-class Trigger(enum.StrEnum):
-    """Inputs that move the lifecycle; the value is the trigger name."""
-
-    START_REGISTRATION = "start_registration"
-    REGISTRATION_ACCEPTED = "registration_accepted"
-    REGISTRATION_FAILED = "registration_failed"
-    BUS_RESTORED = "bus_restored"
-    SHUTDOWN_REQUESTED = "shutdown_requested"
-    DRAIN_COMPLETE = "drain_complete"
-
-
-class Operation(enum.StrEnum):
-    """Messages the actor's mailbox may be asked to take.
-
-    The first three are the wire RPCs of protocol section 6; the rest are
-    the daemon's own periodic work, admitted by the same table so that a
-    draining collector stops collecting for the same reason it refuses an
-    UpdateConfig.
-    """
-
-    HEALTH_CHECK = "HealthCheck"
-    UPDATE_CONFIG = "UpdateConfig"
-    GRACEFUL_SHUTDOWN = "GracefulShutdown"
-    COLLECT_TICK = "CollectTick"
-    HEARTBEAT_TICK = "HeartbeatTick"
-
-
-#: The operations an agent may send over the bus (protocol section 6).
-WIRE_OPERATIONS: Final = (
-    Operation.HEALTH_CHECK,
-    Operation.UPDATE_CONFIG,
-    Operation.GRACEFUL_SHUTDOWN,
+from fsm.vocabulary import (
+    WIRE_OPERATIONS,
+    Action,
+    Activity,
+    Effects,
+    Facts,
+    HealthEffect,
+    Move,
+    Operation,
+    RefusalCode,
+    Severity,
+    State,
+    StateSpec,
+    TransitionSpec,
+    Trigger,
 )
-
-
-class RefusalCode(enum.StrEnum):
-    """Wire error codes (protocol section 4) the lifecycle can produce."""
-
-    INVALID_STATE = "INVALID_STATE"
-    SHUTTING_DOWN = "SHUTTING_DOWN"
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the daemon knows when it fires a trigger; guards read only this.
-
-    Each field defaults to the value under which the transition is normal,
-    so ``lifecycle.fire(trigger)`` with no facts takes the happy path. The
-    daemon computes every field at the moment it fires: ``bus_connected``
-    from the bus's status, ``answer_is_current`` by comparing the answer's
-    (or the expired timer's) request id with the Register attempt in flight.
-    """
-
-    bus_connected: bool = True
-    answer_is_current: bool = True
-
-
-Guard = Callable[[Facts], bool]
 
 
 def bus_connected(facts: Facts) -> bool:
@@ -132,96 +77,6 @@ def bus_connected(facts: Facts) -> bool:
 def answer_is_current(facts: Facts) -> bool:
     """Only the outcome of the attempt in flight (its answer or its timeout) counts."""
     return facts.answer_is_current
-
-
-class Activity(enum.StrEnum):
-    """What the daemon keeps doing for as long as it is in a state."""
-
-    #: Subscribed to its request topic and to its own response topic.
-    LISTEN = "listen"
-    #: A collection cycle every interval (admits CollectTick).
-    COLLECT = "collect"
-    #: A heartbeat every interval (admits HeartbeatTick).
-    HEARTBEAT = "heartbeat"
-
-
-class Action(enum.StrEnum):
-    """What the daemon does once, on entering or leaving a state."""
-
-    #: Schedule the next Register attempt: at once the first time, after
-    #: the backoff of protocol section 7 after a failure (or give up after
-    #: the configured number of failures).
-    SCHEDULE_REGISTRATION = "schedule registration"
-    #: Send a Register request; its id becomes the attempt in flight.
-    SEND_REGISTER = "send Register"
-    #: Forget the attempt in flight: a late answer to it is stale.
-    END_ATTEMPT = "end attempt"
-    #: Publish the state on ``control.health.status.{collector_id}``.
-    ANNOUNCE = "announce"
-    #: Send a heartbeat at once (the first one right after ``ready``).
-    HEARTBEAT_NOW = "heartbeat now"
-    #: Finish the cycle, flush events and sync the log; answer GracefulShutdown.
-    START_DRAIN = "start drain"
-    #: Send Deregister (if a registration was ever accepted) and wait <= 2 s.
-    SEND_DEREGISTER = "send Deregister"
-    #: Let the last announcements go out (bounded), then end the actor.
-    STOP = "stop"
-
-
-class Severity(enum.StrEnum):
-    """How a state weighs on the health verdict; the value is the wire spelling."""
-
-    DEGRADED = "Degraded"
-    UNHEALTHY = "Unhealthy"
-
-
-@dataclass(frozen=True)
-class HealthEffect:
-    """A state's contribution to health: a severity and the reason given."""
-
-    severity: Severity
-    reason: str
-
-
-@dataclass(frozen=True)
-class Effects:
-    """What a state means for the daemon (STYLE 9: the table drives, the code performs)."""
-
-    activities: frozenset[Activity]
-    on_enter: tuple[Action, ...] = ()
-    on_exit: tuple[Action, ...] = ()
-    #: sd_notify lines sent on entering, besides ``STATUS=`` + :attr:`status`.
-    sd_notify: tuple[str, ...] = ()
-    #: The ``STATUS=`` text for systemd.
-    status: str = ""
-    health: HealthEffect | None = None
-
-    @property
-    def announced(self) -> bool:
-        """True when entering the state is announced on the status topic."""
-        return Action.ANNOUNCE in self.on_enter
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """One row of :data:`STATES`."""
-
-    state: State
-    meaning: str
-    refusal: RefusalCode
-    effects: Effects
-    terminal: bool = False
-
-
-@dataclass(frozen=True)
-class TransitionSpec:
-    """One row of :data:`TRANSITIONS`."""
-
-    trigger: Trigger
-    sources: tuple[State, ...]
-    dest: State
-    meaning: str
-    guards: tuple[Guard, ...] = field(default=())
 
 
 INITIAL: Final = State.UNREGISTERED
@@ -262,6 +117,7 @@ STATES: Final[tuple[StateSpec, ...]] = (
             on_enter=(Action.ANNOUNCE, Action.HEARTBEAT_NOW),
             sd_notify=("READY=1",),
             status="ready: registered, collecting and heartbeating",
+            announces_interval=True,
         ),
     ),
     StateSpec(
@@ -364,32 +220,6 @@ ACCEPTS: Final[Mapping[State, frozenset[Operation]]] = {
 }
 
 
-class LifecycleError(Exception):
-    """Base of the lifecycle's errors.
-
-    Hierarchy::
-
-        LifecycleError
-        └── InvalidTransition   trigger not declared from the current state
-    """
-
-
-class InvalidTransition(LifecycleError):  # noqa: N818 - names the refused input, as h11's errors do
-    """A trigger was fired in a state that declares no move for it.
-
-    The machine is left exactly as it was.
-    """
-
-    def __init__(self, state: State, trigger: Trigger) -> None:
-        self.state = state
-        self.trigger = trigger
-        allowed = ", ".join(t.value for t in triggers_from(state)) or "none"
-        super().__init__(
-            f"trigger {trigger.value!r} is not allowed in state {state.value!r} "
-            f"(allowed: {allowed})"
-        )
-
-
 @dataclass(frozen=True)
 class Accepted:
     """The state admits the operation."""
@@ -480,18 +310,6 @@ def is_live(state: State) -> bool:
     return Activity.LISTEN in effects(state).activities
 
 
-@dataclass(frozen=True)
-class Move:
-    """What a change of state asks the daemon to do, in this order."""
-
-    old: State
-    new: State
-    exit_actions: tuple[Action, ...]
-    stop: frozenset[Activity]
-    start: frozenset[Activity]
-    enter_actions: tuple[Action, ...]
-
-
 def move(old: State, new: State) -> Move:
     """The effects of going from ``old`` to ``new``: actions of the state left, activities
     stopped and started (only those that differ), then actions of the state entered."""
@@ -535,58 +353,3 @@ def machine_config() -> dict[str, Any]:
         "auto_transitions": False,
         "ignore_invalid_triggers": False,
     }
-
-
-class _Model:
-    """The object ``transitions`` decorates; kept private so its generated
-    string-named methods never become part of our API."""
-
-    state: str
-
-
-StateListener = Callable[[State, State, Trigger], None]
-
-
-class Lifecycle:
-    """A running instance of the lifecycle.
-
-    Not thread-safe (LIBRARY-NOTES: plain ``Machine`` loses updates under
-    threads): the daemon's actor task is its only owner.
-    """
-
-    def __init__(self, on_change: StateListener | None = None) -> None:
-        self._model = _Model()
-        self._machine = Machine(model=self._model, **machine_config())
-        self._on_change = on_change
-
-    @property
-    def state(self) -> State:
-        """The current state."""
-        return State(self._model.state)
-
-    def can_fire(self, trigger: Trigger, facts: Facts = Facts()) -> bool:
-        """True when ``trigger`` is declared here and its guards pass; changes nothing."""
-        spec = transition_for(self.state, trigger)
-        return spec is not None and all(guard(facts) for guard in spec.guards)
-
-    def fire(self, trigger: Trigger, facts: Facts = Facts()) -> bool:
-        """Move the machine.
-
-        Returns True when the state changed, False when a guard refused (the
-        state is unchanged). Raises :class:`InvalidTransition` when the
-        trigger is not declared from the current state.
-        """
-        before = self.state
-        if transition_for(before, trigger) is None:
-            raise InvalidTransition(before, trigger)
-        try:
-            moved = bool(self._machine.events[trigger.value].trigger(self._model, facts))
-        except MachineError as exc:  # pragma: no cover - checked just above
-            raise InvalidTransition(before, trigger) from exc
-        if moved and self._on_change is not None:
-            self._on_change(before, self.state, trigger)
-        return moved
-
-    def admit(self, operation: Operation) -> Admission:
-        """Whether the current state admits ``operation``."""
-        return admission(self.state, operation)

@@ -20,6 +20,7 @@ from typing import Final, Literal
 from transitions.extensions.diagrams import GraphMachine
 
 from fsm import lifecycle
+from fsm.vocabulary import Action, Activity, Operation, State
 
 #: Title of the rendered diagrams (Mermaid front matter, Graphviz label).
 TITLE: Final = "procmond lifecycle"
@@ -89,7 +90,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _admission_cell(state: lifecycle.State, operation: lifecycle.Operation) -> str:
+def _admission_cell(state: State, operation: Operation) -> str:
     verdict = lifecycle.admission(state, operation)
     if isinstance(verdict, lifecycle.Refusal):
         return verdict.code.value
@@ -99,14 +100,14 @@ def _admission_cell(state: lifecycle.State, operation: lifecycle.Operation) -> s
 def acceptance_table_markdown() -> str:
     """Which operation each state admits: ``yes`` or the refusal code.
 
-    One row per :class:`~fsm.lifecycle.Operation` (the wire RPCs first, in
+    One row per :class:`~fsm.Operation` (the wire RPCs first, in
     the layout of protocol section 5, then the internal ticks), one column
     per state in declaration order.
     """
     states = [spec.state for spec in lifecycle.STATES]
     return _table(
         ("operation", *(s.value for s in states)),
-        [(op.value, *(_admission_cell(s, op) for s in states)) for op in lifecycle.Operation],
+        [(op.value, *(_admission_cell(s, op) for s in states)) for op in Operation],
     )
 
 
@@ -141,7 +142,7 @@ def states_table_markdown() -> str:
     return _table(("state", "meaning", "refuses with", "accepts", "triggers out"), rows)
 
 
-def _actions(actions: Sequence[lifecycle.Action]) -> str:
+def _actions(actions: Sequence[Action]) -> str:
     return ", ".join(a.value for a in actions) or "nothing"
 
 
@@ -152,7 +153,7 @@ def effects_table_markdown() -> str:
     actions of the state left, then the activities that differ stopped and started,
     then the actions of the state entered.
     """
-    order = list(lifecycle.Activity)
+    order = list(Activity)
     rows = []
     for spec in lifecycle.STATES:
         effects = spec.effects

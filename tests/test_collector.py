@@ -280,7 +280,7 @@ def test_racing_short_lived_children_never_raise() -> None:
     try:
         for _ in range(5):
             result = collector.collect()
-            assert result.errors >= 0
+            assert result.errors <= len(procs)  # only the racing children can fail a read
             assert result.processes >= 1
     finally:
         for p in procs:

@@ -29,7 +29,7 @@ DIAGRAMS = ROOT / "diagrams"
 EDGE = re.compile(r"^\s*(\w+) --> (\w+): (\w+)(?: \[([\w, ]+)\])?$")
 
 
-def edited_transitions() -> tuple[fsm.lifecycle.TransitionSpec, ...]:
+def edited_transitions() -> tuple[fsm.vocabulary.TransitionSpec, ...]:
     """The declared table with bus_restored sent back to unregistered instead."""
     return tuple(
         dataclasses.replace(spec, dest=State.UNREGISTERED)

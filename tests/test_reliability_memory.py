@@ -169,7 +169,7 @@ class DaemonMachine(RuleBasedStateMachine):
                 done = all(answered.get(rid, 0) >= n for rid, n in self.sends.items())
                 idle = (
                     not parts.actor.collection.running
-                    and not parts.registration.publishing
+                    and not parts.actor.publisher.publishing
                     and (parts.broker.down or parts.pipeline.pending == 0)
                 )
                 if done and idle:
@@ -356,7 +356,7 @@ class DaemonMachine(RuleBasedStateMachine):
         the bus was down); nothing else is announced."""
         entered = [n.value for _o, n, _t in self.moves if effects(n).announced]
         received = [m["state"] for m in self.parts.client.on(f"control.health.status.{CID}")]
-        assert len(received) + self.parts.registration.announcements_failed == len(entered)
+        assert len(received) + self.parts.actor.publisher.announcements_failed == len(entered)
         remaining = iter(entered)
         assert all(state in remaining for state in received), (received, entered)
 

@@ -35,14 +35,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from fsm import (
-    Action,
-    Activity,
     Facts,
     Lifecycle,
-    Move,
     Refusal,
     State,
     Trigger,
@@ -53,8 +50,9 @@ from fsm import (
 from procmond.bus.types import Bus
 from procmond.collect.collector import ProcessCollector
 from procmond.daemon.collection import Collection
-from procmond.daemon.drain import drain
-from procmond.daemon.health import HealthInputs, assess
+from procmond.daemon.drain import answer_drained, drain
+from procmond.daemon.effects import Performer, Service
+from procmond.daemon.health import health_payload
 from procmond.daemon.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
 from procmond.daemon.messages import (
     BusRestored,
@@ -73,33 +71,19 @@ from procmond.daemon.messages import (
     UpdateConfig,
     refusal_error,
 )
-from procmond.daemon.readiness import Counter
+from procmond.daemon.publisher import Publisher
 from procmond.daemon.registration import Identity, Registrar, RegistrationSettings
 from procmond.errors import Refused
 from procmond.protocol import ConnectionStatus
-from procmond.schemas import CollectorConfig, HealthMetrics, HealthPayload, HealthStatus
+from procmond.schemas import CollectorConfig, HealthPayload
 from procmond.store.pipeline import EventPipeline
 
-__all__ = ["FINAL_PUBLISH_S", "ProcmondMonitorCollector", "Service", "StateListener"]
+__all__ = ["ProcmondMonitorCollector", "StateListener"]
 
 log = logging.getLogger("procmond.actor")
 
-#: How long ``stop`` waits for the last announcements to go out.
-FINAL_PUBLISH_S: Final = 3.0
-#: How long ``send Deregister`` first waits for answers being published
-#: (protocol section 6: GracefulShutdown is answered before Deregister).
-ANSWERS_SETTLE_S: Final = 1.0
-
 StateListener = Callable[[State, State, Trigger], None]
 _INPUTS: Final = (RegistrationDue, RegisterOutcome, BusRestored, DrainFinished)
-
-
-class Service(Protocol):
-    """A part that listens on the bus while the lifecycle's ``listen`` activity runs."""
-
-    async def start(self) -> None: ...
-    async def settle(self, timeout: float) -> None: ...
-    async def close(self, timeout: float = 2.0) -> None: ...
 
 
 class ProcmondMonitorCollector:
@@ -131,21 +115,37 @@ class ProcmondMonitorCollector:
             rng=rng,
             on_give_up=on_give_up,
         )
+        self.publisher = Publisher(
+            bus,
+            identity.collector_id,
+            identity.boot_id,
+            lambda: self.registrar.heartbeat_interval_ms,
+        )
         self._mailbox = Mailbox(mailbox_size)
-        self._services: list[Service] = []
         self._listeners: list[StateListener] = []
         self.lifecycle = Lifecycle(on_change=self._state_changed)
         self._started_monotonic = time.monotonic()
         self._tasks: asyncio.TaskGroup | None = None
         self._owned: set[asyncio.Task[None]] = set()
-        self._activities: dict[Activity, asyncio.Task[None]] = {}
         self._shutdown: tuple[GracefulShutdown, Envelope | None] | None = None
         self._bus_lost = False
         self._stopped = False
         #: The drain's report once it ended (what the exit line says).
         self.report: DrainReport | None = None
+        self._performer = Performer(
+            self.registrar,
+            self.publisher,
+            self.collection,
+            spawn=self._spawn,
+            tell=self.tell,
+            health=self.health,
+            drain=self._drain,
+            report=lambda: self.report,
+            fail_pending=self._fail_pending,
+            close_mailbox=self._mailbox.close,
+        )
         #: Times each state was entered, its effects performed (readiness).
-        self.entered: dict[State, Counter] = {state: Counter() for state in State}
+        self.entered = self._performer.entered
         self.rpc_malformed_total = 0
         bus.add_status_listener(self._on_bus_status)
 
@@ -153,7 +153,7 @@ class ProcmondMonitorCollector:
 
     def serve(self, service: Service) -> None:
         """Have ``service`` listen while the lifecycle's ``listen`` activity runs."""
-        self._services.append(service)
+        self._performer.services.append(service)
 
     def add_state_listener(self, listener: StateListener) -> None:
         """Call ``listener(old, new, trigger)`` right after every move."""
@@ -259,8 +259,8 @@ class ProcmondMonitorCollector:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                self._spawn(self.registrar.publisher(), "procmond-publisher")
-                await self._perform(initial_move())
+                self._spawn(self.publisher.run(), "procmond-publisher")
+                await self._performer.perform(initial_move())
                 while (envelope := await self._mailbox.get()) is not None:
                     await self._handle(envelope)
                 for task in list(self._owned):
@@ -325,7 +325,7 @@ class ProcmondMonitorCollector:
             self.collection.start_cycle(self._spawn)
             return None
         if isinstance(message, HeartbeatTick):
-            self.registrar.heartbeat(self.health())
+            self.publisher.heartbeat(self.health())
             return None
         # GracefulShutdown: the drain answers the future itself, later.
         self._shutdown = (message, envelope)
@@ -362,65 +362,7 @@ class ProcmondMonitorCollector:
     async def _fire(self, trigger: Trigger, facts: Facts) -> None:
         old = self.state
         if self.lifecycle.fire(trigger, facts):
-            await self._perform(move(old, self.state))
-
-    async def _perform(self, change: Move) -> None:
-        for action in change.exit_actions:
-            await self._act(action, change)
-        for activity in _in_order(change.stop):
-            await self._stop_activity(activity)
-        for activity in _in_order(change.start):
-            await self._start_activity(activity)
-        for action in change.enter_actions:
-            await self._act(action, change)
-        self.entered[change.new].add()
-
-    async def _act(self, action: Action, change: Move) -> None:
-        registrar = self.registrar
-        if action is Action.SCHEDULE_REGISTRATION:
-            registrar.schedule()
-        elif action is Action.SEND_REGISTER:
-            registrar.send_register()
-        elif action is Action.END_ATTEMPT:
-            registrar.end_attempt()
-        elif action is Action.ANNOUNCE:
-            registrar.announce(change.new)
-        elif action is Action.HEARTBEAT_NOW:
-            registrar.heartbeat(self.health())
-        elif action is Action.START_DRAIN:
-            self._spawn(self._drain(), "procmond-drain")
-        elif action is Action.SEND_DEREGISTER:
-            for service in self._services:
-                await service.settle(ANSWERS_SETTLE_S)
-            if self.report is not None:
-                await registrar.deregister(self.report)
-        elif action is Action.STOP:
-            if not await registrar.flush(FINAL_PUBLISH_S):
-                log.warning("final announcements did not go out in time")
-            self._mailbox.close()
-
-    async def _start_activity(self, activity: Activity) -> None:
-        if activity is Activity.LISTEN:
-            await self.registrar.listen()
-            for service in self._services:
-                await service.start()
-        elif activity is Activity.COLLECT:
-            ticker = self.collection.ticker(self.tell)
-            self._activities[activity] = self._spawn(ticker, "procmond-ticker")
-        elif activity is Activity.HEARTBEAT:
-            timer = self.registrar.heartbeat_timer()
-            self._activities[activity] = self._spawn(timer, "procmond-heartbeat")
-
-    async def _stop_activity(self, activity: Activity) -> None:
-        if activity is Activity.LISTEN:
-            self._fail_pending()  # answered while the services can still publish
-            for service in self._services:
-                await service.close(timeout=FINAL_PUBLISH_S)
-            await self.registrar.unlisten()
-        else:
-            task = self._activities.pop(activity, None)
-            if task is not None:
-                task.cancel()
+            await self._performer.perform(move(old, self.state))
 
     async def _drain(self) -> None:
         assert self._shutdown is not None
@@ -434,70 +376,24 @@ class ProcmondMonitorCollector:
             mailbox_note=f"; mailbox peak {mailbox.high_water} of {mailbox.size}, "
             f"{mailbox.busy_total} requests answered BUSY",
         )
-        if envelope is not None and not envelope.future.done():
-            envelope.future.set_result(
-                Outcome(
-                    payload=report.result.model_dump(mode="json"),
-                    queue_ms=(envelope.started_at - envelope.enqueued_at) * 1000,
-                    execution_ms=(time.monotonic() - envelope.started_at) * 1000,
-                )
-            )
+        if envelope is not None:
+            answer_drained(envelope, report)
         self.tell(DrainFinished(report))
 
     # -- health -----------------------------------------------------------------
 
-    def health_verdict(self) -> tuple[HealthStatus, list[str]]:
-        """Protocol section 6's health status and reasons."""
-        collection = self.collection
-        status, reasons = assess(
-            HealthInputs(
-                state=self.state,
-                connection_status=self._bus.status.value,
-                buffer_level_percent=self._pipeline.level_percent,
-                consecutive_failed_cycles=collection.consecutive_failures,
-                last_cycle_failed=collection.last_cycle_failed,
-                wal_near_cap=self._pipeline.wal.usage_fraction >= 0.9,
-                wal_error=collection.wal_error,
-            )
-        )
-        return HealthStatus(status), reasons
-
     def health(self) -> HealthPayload:
-        """The HealthCheck answer."""
-        status, reasons = self.health_verdict()
-        identity, collection, pipeline = self.identity, self.collection, self._pipeline
-        return HealthPayload(
-            collector_id=identity.collector_id,
-            boot_id=identity.boot_id,
-            state=self.state.value,
-            status=status,
-            reasons=reasons,
-            connection_status=self._bus.status.value,
-            uptime_seconds=round(time.monotonic() - self._started_monotonic, 3),
-            pid=identity.pid,
-            hostname=identity.hostname,
-            version=identity.version,
-            config=collection.config,
-            config_version=collection.config_version,
-            last_collection=collection.last_collection,
-            metrics=HealthMetrics(
-                processes_collected=collection.processes_collected,
-                events_published=pipeline.events_published,
-                buffer_level_percent=pipeline.level_percent,
-                collection_cycles=collection.cycles.value,
-                collection_errors=collection.collection_errors,
-                last_cycle_ms=collection.last_cycle_ms,
-                wal_pending=pipeline.pending,
-                heartbeats_sent=self.registrar.heartbeats_sent.value,
-                rpc_malformed_total=self.rpc_malformed_total,
-            ),
+        """The HealthCheck answer (heartbeats are built from the same assessment)."""
+        return health_payload(
+            self.identity,
+            self.state,
+            self._bus.status,
+            time.monotonic() - self._started_monotonic,
+            self.collection,
+            self._pipeline,
+            heartbeats_sent=self.publisher.heartbeats_sent.value,
+            rpc_malformed_total=self.rpc_malformed_total,
         )
-
-
-def _in_order(activities: frozenset[Activity]) -> list[Activity]:
-    """Activities in declaration order (``listen`` first: subscribed before Register)."""
-    order = list(Activity)
-    return sorted(activities, key=order.index)
 
 
 class _Deferred(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from procmond.daemon.messages import DrainReport
+from procmond.daemon.mailbox import Envelope
+from procmond.daemon.messages import DrainReport, Outcome
 from procmond.schemas import ShutdownResult
 from procmond.store.pipeline import EventPipeline
 from procmond.store.wal import WalError
 
-__all__ = ["drain"]
+__all__ = ["answer_drained", "drain"]
 
 log = logging.getLogger("procmond.actor")
 
@@ -75,3 +76,16 @@ async def drain(
         mailbox_note,
     )
     return DrainReport(reason, result, pipeline.unlogged)
+
+
+def answer_drained(envelope: Envelope, report: DrainReport) -> None:
+    """Answer the GracefulShutdown that asked for the drain (protocol section 6)."""
+    if envelope.future.done():
+        return
+    envelope.future.set_result(
+        Outcome(
+            payload=report.result.model_dump(mode="json"),
+            queue_ms=(envelope.started_at - envelope.enqueued_at) * 1000,
+            execution_ms=(time.monotonic() - envelope.started_at) * 1000,
+        )
+    )

@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from typing import Final
 
 from fsm import Severity, State, effects
+from procmond.daemon.collection import Collection
+from procmond.daemon.registration import Identity
 from procmond.protocol import ConnectionStatus, HealthStatus
+from procmond.schemas import HealthMetrics, HealthPayload
+from procmond.store.pipeline import EventPipeline
 
 #: Protocol section 6: three failed cycles in a row make the collector Unhealthy.
 FAILED_CYCLES_UNHEALTHY: Final = 3
 #: Protocol section 6: Degraded from 70 % buffer level (also where backpressure starts).
 BUFFER_DEGRADED_PERCENT: Final = 70.0
+#: Degraded when the write-ahead log is this full: a warning before it refuses events.
+WAL_NEAR_CAP: Final = 0.9
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,54 @@ def assess(inputs: HealthInputs) -> tuple[HealthStatus, list[str]]:
     if degraded:
         return HealthStatus.DEGRADED, degraded
     return HealthStatus.HEALTHY, []
+
+
+def health_payload(
+    identity: Identity,
+    state: State,
+    connection: ConnectionStatus,
+    uptime_s: float,
+    collection: Collection,
+    pipeline: EventPipeline,
+    *,
+    heartbeats_sent: int,
+    rpc_malformed_total: int,
+) -> HealthPayload:
+    """The HealthCheck answer payload (protocol section 6), from one assessment."""
+    status, reasons = assess(
+        HealthInputs(
+            state=state,
+            connection_status=connection.value,
+            buffer_level_percent=pipeline.level_percent,
+            consecutive_failed_cycles=collection.consecutive_failures,
+            last_cycle_failed=collection.last_cycle_failed,
+            wal_near_cap=pipeline.wal.usage_fraction >= WAL_NEAR_CAP,
+            wal_error=collection.wal_error,
+        )
+    )
+    return HealthPayload(
+        collector_id=identity.collector_id,
+        boot_id=identity.boot_id,
+        state=state.value,
+        status=status,
+        reasons=reasons,
+        connection_status=connection.value,
+        uptime_seconds=round(uptime_s, 3),
+        pid=identity.pid,
+        hostname=identity.hostname,
+        version=identity.version,
+        config=collection.config,
+        config_version=collection.config_version,
+        last_collection=collection.last_collection,
+        metrics=HealthMetrics(
+            processes_collected=collection.processes_collected,
+            events_published=pipeline.events_published,
+            buffer_level_percent=pipeline.level_percent,
+            collection_cycles=collection.cycles.value,
+            collection_errors=collection.collection_errors,
+            last_cycle_ms=collection.last_cycle_ms,
+            wal_pending=pipeline.pending,
+            heartbeats_sent=heartbeats_sent,
+            rpc_malformed_total=rpc_malformed_total,
+        ),
+    )

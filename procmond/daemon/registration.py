@@ -1,6 +1,7 @@
 """The collector's side of protocol section 7: Register, announcements, heartbeats, Deregister.
 
-The :class:`Registrar` performs what the lifecycle table declares and
+The :class:`Registrar` performs what the lifecycle table declares about the
+agent relation (announcements and heartbeats are :mod:`procmond.daemon.publisher`'s) and
 reports what happened; it never fires a trigger (STYLE 10: only the actor
 does). The actor calls it for the table's actions and activities:
 
@@ -18,10 +19,6 @@ does). The actor calls it for the table's actions and activities:
   :class:`~procmond.daemon.messages.RegisterOutcome` naming that id;
 * ``end attempt`` (leaving ``registering``): the attempt in flight is
   forgotten, so a late answer to it is stale (guard ``answer_is_current``);
-* ``announce``: the new state is published on ``control.health.status.{id}``;
-  heartbeats (activity ``heartbeat``) go out through the same ordered
-  publisher, numbered from 1 for this boot; a heartbeat that cannot be sent
-  still uses its number;
 * ``send Deregister`` (leaving ``draining``): sent if the agent ever
   accepted us, waiting at most 2 s for the answer.
 """
@@ -34,34 +31,26 @@ import random
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from fsm import State
 from procmond.bus.types import Bus, BusError
 from procmond.daemon.messages import (
     DrainReport,
-    HeartbeatTick,
     Message,
     RegisterOutcome,
     RegistrationDue,
 )
 from procmond.daemon.operations import CAPABILITIES
 from procmond.daemon.readiness import Counter
-from procmond.logs import RateLimitedLog
 from procmond.schemas import (
     AgentResponse,
     DeregisterPayload,
-    HealthPayload,
-    Heartbeat,
-    HeartbeatMetrics,
     OutgoingRequest,
     RegisterPayload,
-    StatusAnnouncement,
     parse_agent_response,
     parse_registration_answer,
 )
-from procmond.topics import heartbeat_topic, registration_topic, response_topic, status_topic
+from procmond.topics import registration_topic, response_topic
 
 __all__ = [
     "ATTEMPT_TIMEOUT_S",
@@ -88,8 +77,6 @@ BACKOFF_JITTER: Final = 0.2
 DEREGISTER_TIMEOUT_S: Final = 2.0
 #: Protocol section 7: 30 s heartbeat unless the agent assigns another.
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 30_000
-#: At most one "could not publish" warning per topic per this many seconds.
-PUBLISH_WARNING_INTERVAL_S: Final = 10.0
 #: How often the wait for a connected bus re-checks (it also wakes on Connected).
 _BUS_WAIT_S: Final = 1.0
 
@@ -163,21 +150,12 @@ class Registrar:
         self._due: asyncio.Task[None] | None = None
         self._register_ids: set[str] = set()
         self._pending: dict[str, asyncio.Future[AgentResponse]] = {}
-        self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
-        self._unpublished = 0
-        self._publish_log = RateLimitedLog(log, PUBLISH_WARNING_INTERVAL_S)
         #: The request id of the Register attempt in flight, None between attempts.
         self.attempt_id: str | None = None
         self.accepted_once = False
         self.attempts = 0
         self.failures = 0
         self.last_rejection: str | None = None
-        self.heartbeat_sequence = 0
-        self.heartbeats_failed = 0
-        self.announcements_failed = 0
-        #: Heartbeats and announcements that reached the bus (readiness).
-        self.heartbeats_sent = Counter()
-        self.announced = Counter()
         #: Times a due attempt found the bus down and waits for it (readiness).
         self.waiting_for_bus = Counter()
 
@@ -352,80 +330,3 @@ class Registrar:
         )
         if await self._bus.publish(topic, request.to_bytes()) == 0:
             log.warning("no agent listening on %s", topic)
-
-    # -- announcements and heartbeats (one ordered publisher) -------------
-
-    def announce(self, state: State) -> None:
-        """Action ``announce``: publish ``state`` on the status topic (in order)."""
-        announcement = StatusAnnouncement(
-            collector_id=self._cid,
-            boot_id=self._identity.boot_id,
-            state=state.value,
-            timestamp=datetime.now(UTC),
-            heartbeat_interval_ms=self._interval_ms if state is State.READY else None,
-        )
-        self._queue(status_topic(self._cid), announcement.to_bytes(), is_heartbeat=False)
-
-    def heartbeat(self, health: HealthPayload) -> None:
-        """Queue one heartbeat built from one health assessment; it takes the next number."""
-        self.heartbeat_sequence += 1
-        heartbeat = Heartbeat(
-            collector_id=self._cid,
-            boot_id=self._identity.boot_id,
-            sequence=self.heartbeat_sequence,
-            timestamp=datetime.now(UTC),
-            state=health.state,
-            health_status=health.status,
-            reasons=health.reasons,
-            metrics=HeartbeatMetrics(
-                processes_collected=health.metrics.processes_collected,
-                events_published=health.metrics.events_published,
-                buffer_level_percent=health.metrics.buffer_level_percent,
-                connection_status=health.connection_status,
-                config_version=health.config_version,
-            ),
-        )
-        self._queue(heartbeat_topic(self._cid), heartbeat.to_bytes(), is_heartbeat=True)
-
-    def _queue(self, topic: str, data: bytes, *, is_heartbeat: bool) -> None:
-        self._unpublished += 1
-        self._outbox.put_nowait((topic, data, is_heartbeat))
-
-    async def heartbeat_timer(self) -> None:
-        """Activity ``heartbeat``: a HeartbeatTick to the actor every interval."""
-        while True:
-            await asyncio.sleep(self._interval_ms / 1000)
-            self._tell(HeartbeatTick())
-
-    async def publisher(self) -> None:
-        """Publish announcements and heartbeats in the order they were queued."""
-        while True:
-            topic, data, is_heartbeat = await self._outbox.get()
-            try:
-                await self._bus.publish(topic, data)
-            except BusError as exc:
-                # While the bus is down this fails every heartbeat: say it once a while.
-                self._publish_log(logging.WARNING, topic, "could not publish on %s: %s", topic, exc)
-                if is_heartbeat:
-                    self.heartbeats_failed += 1
-                else:
-                    self.announcements_failed += 1
-            else:
-                (self.heartbeats_sent if is_heartbeat else self.announced).add()
-            finally:
-                self._unpublished -= 1
-                self._outbox.task_done()
-
-    @property
-    def publishing(self) -> bool:
-        """True while announcements or heartbeats wait to be published."""
-        return self._unpublished > 0
-
-    async def flush(self, timeout: float) -> bool:
-        """Wait (bounded) until everything queued was published or failed."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._outbox.join()
-        except TimeoutError:
-            return False
-        return True
