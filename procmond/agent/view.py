@@ -15,12 +15,20 @@ import contextlib
 import json
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 
+from procmond.agent.tracker import AgentEvent, CollectorRecord, Tracker
+from procmond.bus.types import Bus
 from procmond.schemas import now_timestamp
 
-if TYPE_CHECKING:
-    from procmond.agent.service import Agent, AgentEvent, CollectorRecord
+
+class Agent(Protocol):
+    """What a view reads of the running agent (:class:`procmond.agent.service.Agent`)."""
+
+    tracker: Tracker
+    bus: Bus
+    service_id: str
+
 
 __all__ = ["REDRAW_S", "JsonLines", "LiveTable", "event_line", "table_lines"]
 

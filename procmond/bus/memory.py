@@ -19,9 +19,9 @@ from procmond.bus.types import (
     ConnectionStatus,
     MessageHandler,
     PatternHandler,
-    _id_tuple,
-    _StatusMixin,
-    _text,
+    StatusMixin,
+    decode_text,
+    stream_id_tuple,
 )
 
 __all__ = ["MemoryBroker", "MemoryBus"]
@@ -64,11 +64,11 @@ class MemoryBroker:
     ) -> list[tuple[str, str, dict[str, str]]]:
         found = []
         for key, after in streams.items():
-            floor = _id_tuple(after)
+            floor = stream_id_tuple(after)
             taken = 0
             for entry_id, fields in self._streams.get(key, []):
-                if _id_tuple(entry_id) > floor and taken < count:
-                    found.append((key, entry_id, {k: _text(v) for k, v in fields.items()}))
+                if stream_id_tuple(entry_id) > floor and taken < count:
+                    found.append((key, entry_id, {k: decode_text(v) for k, v in fields.items()}))
                     taken += 1
         return found
 
@@ -92,7 +92,7 @@ class MemoryBroker:
             self._counters[key] = n
             stream = self._streams.setdefault(key, [])
             # Redis keeps bytes and strings alike; xread gives text back.
-            stream.append((f"{n}-0", {k: _text(v) for k, v in fields.items()}))
+            stream.append((f"{n}-0", {k: decode_text(v) for k, v in fields.items()}))
             if maxlen is not None and len(stream) > maxlen:
                 del stream[: len(stream) - maxlen]
             ids.append(f"{n}-0")
@@ -101,7 +101,7 @@ class MemoryBroker:
         return ids
 
 
-class MemoryBus(_StatusMixin):
+class MemoryBus(StatusMixin):
     """A Bus on a MemoryBroker, with per-bus fault injection (``set_down``)."""
 
     def __init__(self, broker: MemoryBroker) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-# _text is private to procmond.bus.types but shared by both buses; RedisBus
+# decode_text is private to procmond.bus.types but shared by both buses; RedisBus
 # imported it the same way before it was split.
-from procmond.bus.types import BusRefused, BusUnavailable, _text
+from procmond.bus.types import BusRefused, BusUnavailable, decode_text
 
 __all__ = ["RedisCommands"]
 
@@ -64,7 +64,7 @@ class RedisCommands:
         if failed:
             error = BusRefused if isinstance(failed[0], ResponseError) else BusUnavailable
             raise error(f"XADD pipeline: {len(failed)} of {len(results)} failed: {failed[0]}")
-        return [_text(r) for r in results]
+        return [decode_text(r) for r in results]
 
     async def xread(
         self, streams: Mapping[str, str], *, block_ms: int, count: int
@@ -85,7 +85,11 @@ class RedisCommands:
         for key, items in reply or []:
             for entry_id, fields in items:
                 entries.append(
-                    (_text(key), _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                    (
+                        decode_text(key),
+                        decode_text(entry_id),
+                        {decode_text(k): decode_text(v) for k, v in fields.items()},
+                    )
                 )
         return entries
 
@@ -113,4 +117,4 @@ class RedisCommands:
             raise BusRefused(f"XREVRANGE {key}: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"XREVRANGE {key}: {exc}") from exc
-        return _text(newest[0][0]) if newest else "0-0"
+        return decode_text(newest[0][0]) if newest else "0-0"

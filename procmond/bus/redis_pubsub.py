@@ -23,14 +23,14 @@ from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
-# _StatusMixin and _text are private to procmond.bus.types but shared by both
+# StatusMixin and decode_text are private to procmond.bus.types but shared by both
 # buses; RedisBus imported them the same way before it was split.
 from procmond.bus.types import (
     ConnectionStatus,
     MessageHandler,
     PatternHandler,
-    _StatusMixin,
-    _text,
+    StatusMixin,
+    decode_text,
 )
 
 __all__ = ["MAX_HELD_MESSAGES", "RECONNECT_BASE", "PubSubSupervisor"]
@@ -78,7 +78,7 @@ async def _cancel_and_wait(task: asyncio.Task[Any], attempts: int = 50) -> None:
         task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
-class PubSubSupervisor(_StatusMixin):
+class PubSubSupervisor(StatusMixin):
     """The pub/sub connection, kept up by a supervisor task; owns the bus status."""
 
     def __init__(
@@ -271,24 +271,24 @@ class PubSubSupervisor(_StatusMixin):
             self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = _text(message["type"])
+        kind = decode_text(message["type"])
         held = self._held
         if kind in ("message", "pmessage") and held is not None and len(held) < MAX_HELD_MESSAGES:
             held.append(message)
             return
         if kind == "message":
-            channel = _text(message["channel"])
+            channel = decode_text(message["channel"])
             handler = self._channels.get(channel)
             if handler is not None:
                 self._call_handler(handler, channel, message["data"])
         elif kind == "pmessage":
-            pattern = _text(message["pattern"])
+            pattern = decode_text(message["pattern"])
             pattern_handler = self._patterns.get(pattern)
             if pattern_handler is not None:
-                channel = _text(message["channel"])
+                channel = decode_text(message["channel"])
                 self._call_handler(pattern_handler, pattern, channel, message["data"])
         elif kind in ("subscribe", "psubscribe"):
-            self._resolve((kind, _text(message["channel"])))
+            self._resolve((kind, decode_text(message["channel"])))
         elif kind == "pong":
             self._resolve(("pong", ""))
 

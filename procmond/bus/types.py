@@ -27,6 +27,9 @@ __all__ = [
     "MessageHandler",
     "PatternHandler",
     "StatusListener",
+    "StatusMixin",
+    "decode_text",
+    "stream_id_tuple",
 ]
 
 logger = logging.getLogger("procmond.bus")
@@ -83,7 +86,7 @@ class Bus(Protocol):
     def add_status_listener(self, listener: StatusListener) -> None: ...
 
 
-class _StatusMixin:
+class StatusMixin:
     """Status, listeners and the Connected event, shared by both buses."""
 
     def _init_status(self) -> None:
@@ -131,10 +134,12 @@ class _StatusMixin:
             self._log(logging.ERROR, "handler", "message handler %r failed", handler, exc=exc)
 
 
-def _text(value: bytes | str) -> str:
+def decode_text(value: bytes | str) -> str:
+    """A reply's bytes as text; undecodable bytes survive as surrogates."""
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def _id_tuple(entry_id: str) -> tuple[int, int]:
+def stream_id_tuple(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``millis-seq``) as a tuple that orders like Redis does."""
     millis, _, sequence = entry_id.partition("-")
     return int(millis), int(sequence or 0)
