@@ -147,3 +147,21 @@ async def test_update_config_answer_and_validation_failed(tmp_path: Path) -> Non
         assert (bad["status"], bad["error"]["code"]) == ("Error", "VALIDATION_FAILED")
         assert bad["error"]["category"] == "Configuration"
         assert bad["error"]["context"]["errors"][0]["field"] == "collection_interval_secs"
+
+
+async def test_graceful_shutdown_is_answered_in_draining_before_deregister(tmp_path: Path) -> None:
+    """The answer goes out while the collector is still draining (its `state` says so), and
+    the Deregister request only after it (protocol section 6: answer, then deregister)."""
+    async with running_parts(tmp_path) as parts:
+        await make_ready(parts)
+        answer = await parts.client.call("GracefulShutdown", {"graceful_timeout_ms": 5000})
+        assert answer["status"] == "Success"
+        assert answer["state"] == "draining"
+        await parts.actor.entered[State.DEREGISTERED].reach(1)
+        assert [r["operation"] for r in parts.agent.requests] == ["Register", "Deregister"]
+        order = [
+            m["state"] if channel.startswith("control.health.status.") else channel
+            for channel, m in parts.client.received
+            if not channel.startswith("control.health.heartbeat.")
+        ]
+        assert order == ["ready", "draining", RESPONSES, "deregistered"]

@@ -45,6 +45,7 @@ from fsm import (
     Trigger,
     initial_move,
     move,
+    target,
     transition_for,
 )
 from procmond.bus.types import Bus
@@ -360,9 +361,14 @@ class ProcmondMonitorCollector:
         await self._fire(trigger, facts)
 
     async def _fire(self, trigger: Trigger, facts: Facts) -> None:
-        old = self.state
-        if self.lifecycle.fire(trigger, facts):
-            await self._performer.perform(move(old, self.state))
+        """Leave the state (its exit actions, while still in it), move, enter the new one."""
+        old, new = self.state, target(self.state, trigger)
+        if new is None or not self.lifecycle.can_fire(trigger, facts):
+            return
+        change = move(old, new)
+        await self._performer.leave(change)
+        self.lifecycle.fire(trigger, facts)  # the facts are unchanged: the guards pass again
+        await self._performer.enter(change)
 
     async def _drain(self) -> None:
         assert self._shutdown is not None

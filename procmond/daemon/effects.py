@@ -79,9 +79,17 @@ class Performer:
 
     async def perform(self, change: Move) -> None:
         """Exit actions, activities stopped then started (declaration order), entry actions."""
-        order = list(Activity)
+        await self.leave(change)
+        await self.enter(change)
+
+    async def leave(self, change: Move) -> None:
+        """The actions of the state left (run while the machine is still in it)."""
         for action in change.exit_actions:
             await self._act(action, change)
+
+    async def enter(self, change: Move) -> None:
+        """Activities stopped then started (declaration order), then the entry actions."""
+        order = list(Activity)
         for activity in sorted(change.stop, key=order.index):
             await self._stop(activity)
         for activity in sorted(change.start, key=order.index):  # listen first

@@ -194,13 +194,14 @@ class RpcService:
             message = spec.decode(request.payload)
         except PayloadError as exc:
             return Outcome(error=Refused.invalid_request(str(exc)))
-        # The caller's deadline, on our clock; the mailbox owns every check of it.
-        remaining = (request.deadline - datetime.now(UTC)).total_seconds()
+        # The caller's deadline on our clock, and the execution limit counted from
+        # receipt: whichever comes first. The mailbox owns every check of it.
+        now = time.monotonic()
+        callers = now + (request.deadline - datetime.now(UTC)).total_seconds()
         limit = spec.limit_s(message)
-        deadline_name = "the deadline" if remaining <= limit else f"{limit:.0f} s"
-        return await self._actor.ask(
-            message, received + min(remaining, limit), deadline_name=deadline_name
-        )
+        ours = received + limit
+        deadline_name = "the deadline" if callers <= ours else f"{limit:.0f} s"
+        return await self._actor.ask(message, min(callers, ours), deadline_name=deadline_name)
 
     async def _repeat(self, client_id: str, earlier: asyncio.Future[bytes]) -> None:
         await self._publish(client_id, await asyncio.shield(earlier))
