@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from procmond.protocol import ErrorCategory, Status
-from procmond.schemas.wire import Identifier, RequestId, Wire, WireTime
+from procmond.schemas.wire import Identifier, RequestId, Wire, WireTime, error_summary
 
 __all__ = [
     "OutgoingRequest",
@@ -116,10 +116,7 @@ def parse_request(document: Mapping[str, Any]) -> RpcRequest:
     try:
         return RpcRequest.model_validate(document)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
+        details = error_summary(exc, "request")
         # Salvage only what the answer can carry: a string with a lone surrogate
         # cannot be written as UTF-8 (it is echoed as "").
         raw_id = _utf8_text(document.get("request_id"))

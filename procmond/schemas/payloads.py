@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError
 
 from procmond.protocol import HealthStatus
 from procmond.schemas.config import CollectorConfig
-from procmond.schemas.wire import Strict, Wire
+from procmond.schemas.wire import Strict, Wire, error_summary
 
 __all__ = [
     "GracefulShutdownPayload",
@@ -64,10 +64,7 @@ def parse_payload(model: type[_P], operation: str, payload: dict[str, Any] | Non
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
+        details = error_summary(exc, "payload")
         raise PayloadError(f"invalid {operation} payload: {details}") from exc
 
 

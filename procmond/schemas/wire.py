@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_serializer,
 )
 from pydantic_core import PydanticSerializationError
@@ -31,6 +32,7 @@ __all__ = [
     "Strict",
     "Wire",
     "WireTime",
+    "error_summary",
     "escaped_json",
     "format_timestamp",
     "loads_object",
@@ -104,3 +106,11 @@ def loads_object(data: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def error_summary(exc: ValidationError, whole: str) -> str:
+    """``loc: msg`` for each error, ``; ``-separated; ``whole`` names an error of the object."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
