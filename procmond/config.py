@@ -25,6 +25,7 @@ TOML file (``--config`` / ``PROCMOND_CONFIG``), every key optional::
     collect_enhanced_metadata = true
     compute_executable_hashes = false
     max_processes = 0
+    kernel_events = true               # fork/exec/exit from the kernel (cycles reconcile)
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ __all__ = [
     "stream_key",
 ]
 
-#: Protocol sections 8 and 9: one stream per kind of process event.
-EVENT_KINDS: Final = ("start", "stop", "modify")
+#: Protocol sections 8 and 9 (v2 adds exec): one stream per kind of process event.
+EVENT_KINDS: Final = ("start", "stop", "modify", "exec")
 #: Protocol section 8: the stream keys (the topic string exactly).
 EVENT_STREAMS: Final = tuple(f"events.process.{kind}" for kind in EVENT_KINDS)
 #: What the agent pattern-subscribes (protocol section 2).

@@ -43,6 +43,11 @@ HEALTH_METRICS = {
     "wal_pending",
     "heartbeats_sent",
     "rpc_malformed_total",
+    # protocol v2 section 9
+    "capture_mode",
+    "kernel_events",
+    "kernel_events_lost",
+    "partial_events",
 }
 RESPONSE_FIELDS = {
     "request_id",
@@ -124,6 +129,25 @@ def marked(entries: list[dict[str, Any]], marker: str, stream: str) -> list[dict
     """Stream entries whose event cmdline carries ``marker``."""
     return [
         e for e in entries if e["stream"] == stream and marker in (e["event"].get("cmdline") or [])
+    ]
+
+
+def started(entries: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
+    """The start events of the processes whose command line carries ``marker``.
+
+    A cycle that sees such a process first reports its start with that command
+    line; the kernel reports the start at fork, with the parent's command line,
+    and the marker in the exec that follows (protocol section 9): either way
+    the process has exactly one start, found here by pid.
+    """
+    pids = {
+        e["event"]["pid"]
+        for e in entries
+        if e["stream"] in ("events.process.start", "events.process.exec")
+        and marker in (e["event"].get("cmdline") or [])
+    }
+    return [
+        e for e in entries if e["stream"] == "events.process.start" and e["event"]["pid"] in pids
     ]
 
 

@@ -70,6 +70,7 @@ def test_new_child_is_a_start_with_redacted_cmdline_and_metadata() -> None:
         event = only_event(collector.collect(), proc.pid, "start")
         assert not event.baseline
         assert event.ppid == os.getpid()
+        assert event.cmdline is not None
         assert event.cmdline[-3:] == ("--password", "[REDACTED]", "API_TOKEN=[REDACTED]")
         assert SECRET not in json.dumps(event.to_wire())
         assert event.exe == psutil.Process(proc.pid).exe()
@@ -98,6 +99,7 @@ def test_ended_child_is_a_stop_with_last_known_fields() -> None:
         start.cmdline,
         start.start_time,
     )
+    assert stop.cmdline is not None
     assert "[REDACTED]" in stop.cmdline
     assert events_for(collector.collect(), proc.pid) == []
 
@@ -298,6 +300,7 @@ def test_psutil_scan_path_gives_the_same_events() -> None:
     collector.collect()
     with child(BLOCK_ON_STDIN, "--secret", SECRET) as proc:
         start = only_event(collector.collect(), proc.pid, "start")
+        assert start.cmdline is not None
         assert start.cmdline[-2:] == ("--secret", "[REDACTED]")
         assert events_for(collector.collect(), proc.pid) == []
         end(proc)

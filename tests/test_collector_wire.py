@@ -98,6 +98,7 @@ def test_huge_command_line_is_cut_after_redaction() -> None:
         event = only_event(collector.collect(), proc.pid, "start")
         end(proc)
     assert SECRET not in json.dumps(event.to_wire())
+    assert event.cmdline is not None
     assert "[REDACTED]" in event.cmdline
     assert _wire_bytes(event.cmdline[:-1]) <= MAX_CMDLINE_BYTES
     assert re.fullmatch(r"\[\d+ bytes truncated\]", event.cmdline[-1])

@@ -20,6 +20,7 @@ from e2e_support import (
     new_id,
     poll,
     running_agent,
+    started,
     wal_contains,
 )
 
@@ -101,7 +102,7 @@ async def test_redis_restart_loses_no_event_and_registers_again(
             print(f"redis restart: events lost {report.lost}, duplicates {report.duplicates}")
             assert report.first == 1
             assert report.missing == []
-            assert marked(entries, marker, "events.process.start")
+            assert started(entries, marker)
             assert marked(entries, marker, "events.process.stop")
             # Heartbeat numbers go on across the re-registration (gaps = lost while down).
             sequences = [b.message["sequence"] for b in agent.heartbeats[cid].items]
@@ -148,7 +149,7 @@ async def test_kill_9_then_restart_replays_the_log_without_a_gap(
             )
             assert report.first == 1
             assert report.missing == []
-            assert marked(entries, marker, "events.process.start")
+            assert started(entries, marker)
             assert len({e["boot_id"] for e in entries}) == 2
             await shut_down(agent, cid)
             assert await second.wait_async(15) == 0

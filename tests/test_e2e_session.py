@@ -20,6 +20,7 @@ from e2e_support import (
     new_id,
     poll,
     running_agent,
+    started,
 )
 
 from procmond.embedded import RedisServer
@@ -70,7 +71,13 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
                 "buffer_level_percent",
                 "connection_status",
                 "config_version",
+                # protocol v2 section 9
+                "capture_mode",
+                "kernel_events",
+                "kernel_events_lost",
+                "partial_events",
             }
+            assert first["metrics"]["capture_mode"] in ("kernel", "cycle")
 
             health = await agent.call(cid, "HealthCheck", None)
             assert set(health) == RESPONSE_FIELDS
@@ -93,7 +100,7 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
             with churn_child(marker):
                 await poll(
                     lambda: agent.read_events(cid),
-                    lambda e: bool(marked(e, marker, "events.process.start")),
+                    lambda e: bool(started(e, marker)),
                     timeout=15,
                 )
             await poll(

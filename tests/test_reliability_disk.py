@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from contract_agent import seq_report
-from e2e_support import daemon, new_id, poll, running_agent
+from e2e_support import daemon, new_id, poll, running_agent, started
 from redis.asyncio import Redis
 from reliability_support import Requests, blocked_children, record, release
 
@@ -65,11 +65,7 @@ async def unhealthy_because_of_the_log(calls: Requests, cid: str) -> tuple[dict[
 
 
 def started_with(entries: list[dict[str, Any]], marker: str) -> int:
-    return sum(
-        1
-        for e in entries
-        if e["stream"] == "events.process.start" and marker in (e["event"].get("cmdline") or [])
-    )
+    return len(started(entries, marker))
 
 
 async def test_write_ahead_log_on_a_full_disk_is_unhealthy_then_recovers(

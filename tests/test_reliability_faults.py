@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from contract_agent import seq_report
 from daemon_process import DaemonProcess
-from e2e_support import daemon, new_id, poll, running_agent
+from e2e_support import daemon, new_id, poll, running_agent, started
 from redis.asyncio import Redis
 from reliability_support import (
     Churn,
@@ -312,14 +312,9 @@ async def test_write_ahead_log_full_is_unhealthy_then_recovers(
                     await redis.config_set("maxmemory", "0")  # Redis takes XADDs again
                     await calls.caught_up(cid, timeout=60)
                     entries = await agent.read_events(cid)
-                    started = [
-                        e
-                        for e in entries
-                        if e["stream"] == "events.process.start"
-                        and marker in (e["event"].get("cmdline") or [])
-                    ]
-                    children_seen += len(started)
-                    assert len(started) >= 24, len(started)
+                    seen = started(entries, marker)
+                    children_seen += len(seen)
+                    assert len(seen) >= 24, len(seen)
                 health = await calls.health(cid)
                 assert health["status"] == "Healthy", health
                 entries = await agent.read_events(cid)

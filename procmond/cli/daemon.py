@@ -71,6 +71,14 @@ __all__ = ["run"]
     help="Compute sha256 of each new executable (default off).",
 )
 @click.option(
+    "--kernel-events/--no-kernel-events",
+    envvar="PROCMOND_KERNEL_EVENTS",
+    default=None,
+    help="Listen to the kernel's fork/exec/exit events (netlink process connector; "
+    "needs root in the initial namespaces), with cycles as reconciler (default on). "
+    "Off, or where the kernel refuses: cycles alone.",
+)
+@click.option(
     "--heartbeat-interval-ms",
     envvar="PROCMOND_HEARTBEAT_INTERVAL_MS",
     type=int,
@@ -108,6 +116,7 @@ def run(
     max_events_in_flight: int | None,
     enhanced_metadata: bool | None,
     hash_executables: bool | None,
+    kernel_events: bool | None,
     heartbeat_interval_ms: int | None,
     registration_attempts: int | None,
     shutdown_timeout_ms: int | None,
@@ -150,6 +159,7 @@ def run(
                 "max_events_in_flight": max_events_in_flight,
                 "collect_enhanced_metadata": enhanced_metadata,
                 "compute_executable_hashes": hash_executables,
+                "kernel_events": kernel_events,
             },
             file_values,
         )

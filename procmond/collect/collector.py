@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import psutil
@@ -69,6 +70,8 @@ from procmond.collect.details import (
     long_name,
     read_args_and_exe,
 )
+from procmond.collect.kernel import KernelRecord
+from procmond.collect.kernel_merge import UNKNOWN_OWNER, KernelBatch, KernelMerge
 from procmond.collect.process_event import EventType, ProcessEvent  # what collect() produces
 from procmond.collect.redact import redact_cmdline
 from procmond.collect.scan import (
@@ -117,6 +120,7 @@ class ProcessCollector:
         self._hashes = ExeHashes()
         self._procfs = os.path.exists(f"{PROC}/self/stat")
         self._boot_time = psutil.boot_time()
+        self._merge = KernelMerge(self._tracked, self._users, self._boot_time)
 
     def update_settings(self, settings: CollectorSettings) -> None:
         """Replace the settings; the next ``collect()`` uses them."""
@@ -146,7 +150,9 @@ class ProcessCollector:
             if pid in cycle.kept_pids or (last_pid is not None and pid > last_pid):
                 continue  # not observed this cycle: no evidence that it stopped
             cycle.events.append(self._event("stop", self._tracked.pop(key), cycle))
+            self._merge.retire(key)
         self._baseline_done = True
+        self._merge.reindex()
         return CycleResult(
             events=cycle.events,
             processes=len(cycle.seen),
@@ -155,6 +161,15 @@ class ProcessCollector:
             baseline=cycle.baseline,
             truncated=truncated,
         )
+
+    def apply_kernel(self, records: Sequence[KernelRecord]) -> KernelBatch:
+        """Fold kernel process records into the same table the cycles diff against.
+
+        Call it from the thread that runs :meth:`collect` (never concurrently
+        with it): one table, changed by one source at a time, is what keeps
+        a process from being reported started or stopped twice.
+        """
+        return self._merge.apply(records, time.time())
 
     # -- turning what the scan read into events --------------------------------
 
@@ -176,6 +191,8 @@ class ProcessCollector:
         if known is None:
             self._on_new(key, start_time, ppid, comm, status, owner, cpu_secs, rss, cycle)
             return
+        if known.owner == UNKNOWN_OWNER:
+            known.owner = owner  # reported by the kernel, read by a cycle for the first time
         known.prev_cpu_secs, known.prev_sampled_at = known.cpu_secs, known.sampled_at
         known.cpu_secs, known.rss, known.sampled_at = cpu_secs, rss, cycle.mono
         old_status, known.status = known.status, status

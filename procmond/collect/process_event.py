@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-__all__ = ["EventType", "ProcessEvent", "rfc3339"]
+__all__ = ["EventSource", "EventType", "ProcessEvent", "rfc3339"]
 
-EventType = Literal["start", "stop", "modify"]
+#: Protocol sections 8 and 9: ``exec`` only comes from the kernel's process events.
+EventType = Literal["start", "stop", "modify", "exec"]
+#: Protocol section 9: who saw it, the kernel's process connector or a cycle.
+EventSource = Literal["kernel", "cycle"]
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,9 @@ class ProcessEvent:
     event_type: EventType
     pid: int
     ppid: int
-    name: str
+    name: str | None
     exe: str | None
-    cmdline: tuple[str, ...]
+    cmdline: tuple[str, ...] | None
     username: str | None
     start_time: float
     status: str
@@ -37,6 +40,14 @@ class ProcessEvent:
     memory_rss: int | None = None
     exe_sha256: str | None = None
     changed: tuple[str, ...] = ()
+    source: EventSource = "cycle"
+    #: When the kernel reported it (epoch seconds); None: when the cycle saw it.
+    event_time: float | None = None
+    #: The process was gone before its details could be read (the missing ones are null).
+    partial: bool = False
+    #: A kernel ``stop``: the exit code and the terminating signal (null from a cycle).
+    exit_code: int | None = None
+    exit_signal: int | None = None
 
     def to_wire(self) -> dict[str, object]:
         """The protocol's ``event`` object, without ``collector_id`` and ``seq``."""
@@ -46,12 +57,20 @@ class ProcessEvent:
             "ppid": self.ppid,
             "name": self.name,
             "exe": self.exe,
-            "cmdline": list(self.cmdline),
+            "cmdline": list(self.cmdline) if self.cmdline is not None else None,
             "username": self.username,
             "start_time": rfc3339(self.start_time),
             "status": self.status,
             "observed_at": rfc3339(self.observed_at),
+            "source": self.source,
+            "event_time": rfc3339(
+                self.event_time if self.event_time is not None else self.observed_at
+            ),
+            "partial": self.partial,
         }
+        if self.event_type == "stop":
+            wire["exit_code"] = self.exit_code
+            wire["exit_signal"] = self.exit_signal
         if self.cpu_percent is not None:
             wire["cpu_percent"] = self.cpu_percent
         if self.memory_rss is not None:

@@ -50,7 +50,7 @@ from fsm import (
 )
 from procmond.bus.types import Bus
 from procmond.collect.collector import ProcessCollector
-from procmond.daemon.collection import Collection
+from procmond.daemon.collection import Collection, KernelFactory
 from procmond.daemon.drain import answer_drained, drain
 from procmond.daemon.effects import Performer, Service
 from procmond.daemon.health import health_payload
@@ -100,13 +100,14 @@ class ProcmondMonitorCollector:
         *,
         registration: RegistrationSettings | None = None,
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        kernel: KernelFactory | None = None,
         rng: random.Random | None = None,
         on_give_up: Callable[[str], None] | None = None,
     ) -> None:
         self.identity = identity
         self._bus = bus
         self._pipeline = pipeline
-        self.collection = Collection(config, collector, pipeline)
+        self.collection = Collection(config, collector, pipeline, kernel)
         self.registrar = Registrar(
             bus,
             identity,
@@ -399,6 +400,7 @@ class ProcmondMonitorCollector:
             self._pipeline,
             heartbeats_sent=self.publisher.heartbeats_sent.value,
             rpc_malformed_total=self.rpc_malformed_total,
+            loss_window_s=self.registrar.heartbeat_interval_ms / 1000,
         )
 
 

@@ -1,13 +1,23 @@
-"""Collection: the cycle, its interval and backpressure, the configuration in force.
+"""Collection: kernel events and the cycle, its interval and backpressure, the config.
 
 The actor owns one :class:`Collection`. While the lifecycle's ``collect``
-activity runs, :meth:`Collection.ticker` posts a ``CollectTick`` every
-interval (the first at once: the baseline); the actor answers each admitted
-tick with :meth:`Collection.start_cycle`. The cycle itself runs on a worker
-thread so HealthCheck is answered meanwhile, and ends by handing its events
-to the pipeline. UpdateConfig is applied only at a cycle boundary
-(:meth:`Collection.update`). :attr:`Collection.cycles` counts finished
-cycles, for whoever needs to wait for one.
+activity runs (:meth:`Collection.start_collecting` to
+:meth:`Collection.stop_collecting`), a ticker posts a ``CollectTick`` every
+interval (the first at once: the baseline), and, where the kernel lets us and
+``kernel_events`` is on, the netlink process connector reports every fork,
+exec and exit (:mod:`procmond.collect.kernel`). Kernel records are folded into
+the collector's table on the collection thread, the same thread the cycles
+run on, so the two views never change it at once
+(:mod:`procmond.collect.kernel_merge`), and their events go to the pipeline
+in the order they were made. With the kernel source the cycle is the
+reconciler: it catches what the kernel stream lost (a loss triggers one at
+once); without it, it is the whole collector (``capture_mode`` says which).
+The actor answers each admitted tick with :meth:`Collection.start_cycle`.
+The cycle itself runs on a worker thread so HealthCheck is answered
+meanwhile, and ends by handing its events to the pipeline. UpdateConfig is
+applied only at a cycle boundary (:meth:`Collection.update`).
+:attr:`Collection.cycles` counts finished cycles, for whoever needs to wait
+for one.
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from procmond.collect.collector import CollectorSettings, ProcessCollector
+from procmond.collect.kernel import KernelRecord, KernelSource, KernelUnavailable
 from procmond.daemon.messages import CollectTick, Message, UpdateConfig
 from procmond.daemon.readiness import Counter
 from procmond.errors import Refused
@@ -50,6 +61,10 @@ BACKPRESSURE_OFF_PERCENT: Final = 50.0
 BACKPRESSURE_FACTOR: Final = 4.0
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+#: Builds the kernel source with the callback its reader thread delivers to.
+KernelFactory = Callable[[Callable[[list[KernelRecord]], None]], KernelSource]
+#: How long stopping waits for kernel records already received to be logged.
+KERNEL_FLUSH_S: Final = 5.0
 
 
 def collector_settings(config: CollectorConfig) -> CollectorSettings:
@@ -65,9 +80,32 @@ class Collection:
     """Cycles, their metrics, and the configuration they run with."""
 
     def __init__(
-        self, config: CollectorConfig, collector: ProcessCollector, pipeline: EventPipeline
+        self,
+        config: CollectorConfig,
+        collector: ProcessCollector,
+        pipeline: EventPipeline,
+        kernel: KernelFactory | None = None,
     ) -> None:
         self._config = config
+        self._kernel_factory = kernel
+        self._kernel: KernelSource | None = None
+        self._kernel_inbox: list[KernelRecord] = []
+        self._kernel_wake = asyncio.Event()
+        self._merger: asyncio.Task[None] | None = None
+        self._merging = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._spawn: Spawn | None = None
+        self._tell: Callable[[Message], bool] | None = None
+        #: Protocol section 9: ``kernel`` while the kernel source runs, else ``cycle``.
+        self.capture_mode: Literal["kernel", "cycle"] = "cycle"
+        self.capture_reason = "not collecting"
+        self.kernel_events = 0
+        self.kernel_events_lost = 0
+        self.partial_events = 0
+        #: When the kernel last reported a loss (``time.monotonic``), for health.
+        self.last_kernel_loss: float | None = None
+        #: Kernel batches logged (readiness: "kernel events merged").
+        self.kernel_batches = Counter()
         self._config_version = 1
         self._collector = collector
         self._pipeline = pipeline
@@ -103,8 +141,104 @@ class Collection:
         return self._cycle is not None
 
     def close(self) -> None:
-        """Stop the worker thread (a cycle in progress is abandoned)."""
+        """Stop the kernel source and the worker thread (a cycle in progress is abandoned)."""
+        self._stop_kernel()
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+    # -- the ``collect`` activity ---------------------------------------------
+
+    async def start_collecting(self, spawn: Spawn, tell: Callable[[Message], bool]) -> None:
+        """Activity ``collect`` starts: the ticker, and the kernel source where it can run."""
+        self._spawn, self._tell = spawn, tell
+        self._ticker = spawn(self.ticker(tell), "procmond-ticker")
+        self._merger = spawn(self._merge_kernel_records(), "procmond-kernel-merge")
+        self._start_kernel()
+
+    async def stop_collecting(self) -> None:
+        """Activity ``collect`` stops: no more ticks; kernel records received are logged."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._stop_kernel()
+        merger, self._merger = self._merger, None
+        if merger is not None:
+            self._kernel_wake.set()
+            try:
+                async with asyncio.timeout(KERNEL_FLUSH_S):
+                    while self._kernel_inbox or self._merging:
+                        await self.kernel_batches.next(KERNEL_FLUSH_S)
+            except TimeoutError:
+                log.warning("kernel events still unlogged when collection stopped")
+            merger.cancel()
+        self.capture_mode, self.capture_reason = "cycle", "not collecting"
+
+    def _start_kernel(self) -> None:
+        if self._kernel is not None:
+            return
+        if not self._config.kernel_events:
+            self._mode("cycle", "kernel_events is off in the configuration")
+            return
+        if self._kernel_factory is None:
+            self._mode("cycle", "no kernel event source in this build of the daemon")
+            return
+        loop = asyncio.get_running_loop()
+
+        def deliver(batch: list[KernelRecord]) -> None:  # on the reader thread
+            loop.call_soon_threadsafe(self._kernel_batch, batch)
+
+        source = self._kernel_factory(deliver)
+        try:
+            source.start()
+        except KernelUnavailable as exc:
+            self._mode("cycle", f"the kernel refused process events: {exc.reason}")
+            return
+        self._kernel = source
+        self._mode("kernel", "netlink process connector: every fork, exec and exit")
+
+    def _stop_kernel(self) -> None:
+        source, self._kernel = self._kernel, None
+        if source is not None:
+            source.stop()
+
+    def _mode(self, mode: Literal["kernel", "cycle"], why: str) -> None:
+        self.capture_mode, self.capture_reason = mode, why
+        log.info("capture mode %s: %s", mode, why)
+
+    def _kernel_batch(self, batch: list[KernelRecord]) -> None:
+        """On the loop, from the reader thread: queue a batch for the merger."""
+        self._kernel_inbox.extend(batch)
+        self._kernel_wake.set()
+
+    async def _merge_kernel_records(self) -> None:
+        """Fold queued kernel records into the collector on its thread, log their events."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._kernel_wake.wait()
+            self._kernel_wake.clear()
+            if not self._kernel_inbox:
+                continue
+            records, self._kernel_inbox = self._kernel_inbox, []
+            self._merging = True
+            try:
+                self.kernel_events += len(records)
+                batch = await loop.run_in_executor(
+                    self._thread, self._collector.apply_kernel, records
+                )
+                self.partial_events += batch.partial
+                await self._pipeline.submit(batch.events)
+            finally:
+                self._merging = False
+                self.kernel_batches.add()
+            self._check_kernel_loss()
+
+    def _check_kernel_loss(self) -> None:
+        source = self._kernel
+        lost = source.lost_since_last() if source is not None else 0
+        if lost:
+            self.kernel_events_lost += lost
+            self.last_kernel_loss = time.monotonic()
+            log.warning("the kernel dropped %d process events: a cycle resyncs now", lost)
+            if self._tell is not None:
+                self._tell(CollectTick())
 
     # -- the ticker (activity ``collect``) ----------------------------------
 
@@ -212,6 +346,12 @@ class Collection:
     def _apply(self, new: CollectorConfig) -> None:
         old = self._config
         self._config = new
+        if new.kernel_events != old.kernel_events and self._ticker is not None:
+            if new.kernel_events:
+                self._start_kernel()
+            else:
+                self._stop_kernel()
+                self._mode("cycle", "kernel_events turned off by UpdateConfig")
         self._config_version += 1
         self._collector.update_settings(collector_settings(new))
         self._pipeline.set_batch_size(new.max_events_in_flight)

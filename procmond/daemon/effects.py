@@ -129,8 +129,7 @@ class Performer:
             for service in self.services:
                 await service.start()
         elif activity is Activity.COLLECT:
-            ticker = self.collection.ticker(self.tell)
-            self._running[activity] = self.spawn(ticker, "procmond-ticker")
+            await self.collection.start_collecting(self.spawn, self.tell)
         elif activity is Activity.HEARTBEAT:
             timer = self.publisher.heartbeat_timer(self.tell)
             self._running[activity] = self.spawn(timer, "procmond-heartbeat")
@@ -141,6 +140,8 @@ class Performer:
             for service in self.services:
                 await service.close(timeout=FINAL_PUBLISH_S)
             await self.registrar.unlisten()
+        elif activity is Activity.COLLECT:
+            await self.collection.stop_collecting()
         else:
             task = self._running.pop(activity, None)
             if task is not None:

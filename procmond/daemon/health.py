@@ -12,6 +12,7 @@ the last cycle failed; else ``Healthy``. Each applying condition is named in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,6 +42,8 @@ class HealthInputs:
     last_cycle_failed: bool
     wal_near_cap: bool = False
     wal_error: str | None = None
+    #: Kernel events lost within the last heartbeat interval (protocol section 9).
+    kernel_loss: int = 0
 
 
 def assess(inputs: HealthInputs) -> tuple[HealthStatus, list[str]]:
@@ -61,6 +64,8 @@ def assess(inputs: HealthInputs) -> tuple[HealthStatus, list[str]]:
         degraded.append(f"event buffer at {inputs.buffer_level_percent:.0f}%")
     if inputs.wal_near_cap:
         degraded.append("write-ahead log near its size cap")
+    if inputs.kernel_loss:
+        degraded.append(f"kernel dropped process events ({inputs.kernel_loss} so far); resynced")
     if inputs.last_cycle_failed and inputs.consecutive_failed_cycles < FAILED_CYCLES_UNHEALTHY:
         degraded.append("last collection cycle failed")
     if unhealthy:
@@ -80,6 +85,7 @@ def health_payload(
     *,
     heartbeats_sent: int,
     rpc_malformed_total: int,
+    loss_window_s: float,
 ) -> HealthPayload:
     """The HealthCheck answer payload (protocol section 6), from one assessment."""
     status, reasons = assess(
@@ -91,6 +97,7 @@ def health_payload(
             last_cycle_failed=collection.last_cycle_failed,
             wal_near_cap=pipeline.wal.usage_fraction >= WAL_NEAR_CAP,
             wal_error=collection.wal_error,
+            kernel_loss=_recent_loss(collection, loss_window_s),
         )
     )
     return HealthPayload(
@@ -117,5 +124,17 @@ def health_payload(
             wal_pending=pipeline.pending,
             heartbeats_sent=heartbeats_sent,
             rpc_malformed_total=rpc_malformed_total,
+            capture_mode=collection.capture_mode,
+            kernel_events=collection.kernel_events,
+            kernel_events_lost=collection.kernel_events_lost,
+            partial_events=collection.partial_events,
         ),
     )
+
+
+def _recent_loss(collection: Collection, window_s: float) -> int:
+    """Kernel events lost so far, if the last loss is within ``window_s`` (else 0)."""
+    last = collection.last_kernel_loss
+    if last is None or time.monotonic() - last > window_s:
+        return 0
+    return collection.kernel_events_lost

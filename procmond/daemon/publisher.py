@@ -85,6 +85,10 @@ class Publisher:
                 buffer_level_percent=health.metrics.buffer_level_percent,
                 connection_status=health.connection_status,
                 config_version=health.config_version,
+                capture_mode=health.metrics.capture_mode,
+                kernel_events=health.metrics.kernel_events,
+                kernel_events_lost=health.metrics.kernel_events_lost,
+                partial_events=health.metrics.partial_events,
             ),
         )
         self._queue(heartbeat_topic(self._cid), heartbeat.to_bytes(), is_heartbeat=True)

@@ -38,6 +38,8 @@ class CollectorConfig(Strict):
     collect_enhanced_metadata: bool = True
     compute_executable_hashes: bool = False
     max_processes: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    #: Protocol section 9 (v2): listen to the kernel's process events; false: cycles alone.
+    kernel_events: bool = True
 
 
 CONFIG_FIELDS: Final = tuple(CollectorConfig.model_fields)

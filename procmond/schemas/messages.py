@@ -117,6 +117,11 @@ class HeartbeatMetrics(Wire):
     buffer_level_percent: float
     connection_status: str
     config_version: int
+    #: Protocol section 9 (v2).
+    capture_mode: Literal["kernel", "cycle"]
+    kernel_events: int
+    kernel_events_lost: int
+    partial_events: int
 
 
 class Heartbeat(Wire):

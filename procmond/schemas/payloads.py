@@ -7,7 +7,7 @@ Which model belongs to which operation is :mod:`procmond.daemon.operations`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -84,6 +84,11 @@ class HealthMetrics(Wire):
     wal_pending: int
     heartbeats_sent: int
     rpc_malformed_total: int
+    #: Protocol section 9 (v2).
+    capture_mode: Literal["kernel", "cycle"]
+    kernel_events: int
+    kernel_events_lost: int
+    partial_events: int
 
 
 class HealthPayload(Wire):
