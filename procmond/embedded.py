@@ -21,18 +21,18 @@ loop starts or accept the short block.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
+
+from procmond.children import death_signal_preexec
 
 __all__ = ["EmbeddedRedisError", "RedisServer", "find_server_binary", "free_port"]
 
@@ -47,7 +47,6 @@ LOG_FILE: Final = "redis.log"
 # sun_path is 108 bytes on Linux including the terminating NUL; a longer path
 # fails inside redis-server with an unhelpful message, so we refuse it first.
 MAX_SOCKET_PATH: Final = 107
-_PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
 
 
 class EmbeddedRedisError(Exception):
@@ -69,18 +68,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _death_signal_preexec(parent_pid: int) -> None:
-    """In the forked child: die with SIGTERM when the parent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    # The parent may have died between fork and prctl: then nobody will send
-    # the signal, so send it ourselves.
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _ping(address: str | tuple[str, int], timeout: float) -> bytes | None:
@@ -178,7 +165,7 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 start_new_session=True,
-                preexec_fn=lambda: _death_signal_preexec(parent_pid),
+                preexec_fn=lambda: death_signal_preexec(parent_pid),
             )
         except OSError as exc:
             self._close_log()

@@ -186,7 +186,15 @@ class KernelMerge:
                 source="kernel",
                 event_time=record.event_time,
                 partial=partial,
-                exit_code=record.exit_code if kind == "stop" else None,
-                exit_signal=record.exit_signal if kind == "stop" else None,
+                exit_code=_exit_code(record) if kind == "stop" else None,
+                exit_signal=(record.exit_signal or 0) if kind == "stop" else None,
             )
         )
+
+
+def _exit_code(record: KernelRecord) -> int:
+    """Protocol section 9 wants integers: a process killed by a signal gets 128 + the
+    signal, as a shell reports it (``exit_signal`` tells the two apart)."""
+    if record.exit_code is not None:
+        return record.exit_code
+    return 128 + (record.exit_signal or 0)

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from procmond.collect.collector import CollectorSettings, ProcessCollector
-from procmond.collect.kernel import KernelRecord, KernelSource, KernelUnavailable
+from procmond.collect.kernel import KernelRecord, KernelUnavailable
 from procmond.daemon.messages import CollectTick, Message, UpdateConfig
 from procmond.daemon.readiness import Counter
 from procmond.errors import Refused
@@ -61,8 +61,18 @@ BACKPRESSURE_OFF_PERCENT: Final = 50.0
 BACKPRESSURE_FACTOR: Final = 4.0
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+class KernelFeed(Protocol):
+    """What the collection needs of a kernel source (KernelSource, KernelProcess)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def lost_since_last(self) -> int: ...
+
+
 #: Builds the kernel source with the callback its reader thread delivers to.
-KernelFactory = Callable[[Callable[[list[KernelRecord]], None]], KernelSource]
+KernelFactory = Callable[[Callable[[list[KernelRecord]], None]], KernelFeed]
 #: How long stopping waits for kernel records already received to be logged.
 KERNEL_FLUSH_S: Final = 5.0
 
@@ -88,7 +98,7 @@ class Collection:
     ) -> None:
         self._config = config
         self._kernel_factory = kernel
-        self._kernel: KernelSource | None = None
+        self._kernel: KernelFeed | None = None
         self._kernel_inbox: list[KernelRecord] = []
         self._kernel_wake = asyncio.Event()
         self._merger: asyncio.Task[None] | None = None

@@ -37,7 +37,7 @@ from contextlib import AsyncExitStack
 from procmond import __version__
 from procmond.bus.redis import RedisBus
 from procmond.collect.collector import ProcessCollector
-from procmond.collect.kernel import KernelSource
+from procmond.collect.kernel_process import KernelProcess
 from procmond.config import Settings
 from procmond.daemon.actor import ProcmondMonitorCollector
 from procmond.daemon.collection import collector_settings
@@ -115,7 +115,7 @@ class Daemon:
                 ProcessCollector(collector_settings(settings.collector)),
                 pipeline,
                 bus,
-                kernel=KernelSource,
+                kernel=KernelProcess,
                 registration=RegistrationSettings(
                     heartbeat_interval_ms=settings.heartbeat_interval_ms,
                     max_attempts=settings.registration_attempts or None,
