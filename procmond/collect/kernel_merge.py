@@ -122,16 +122,16 @@ class KernelMerge:
         if tracked is None:  # its fork was lost or came before we listened: start it here
             tracked = self._new(key, record)
             self._emit("start", tracked, record, now, batch, partial=record.partial)
-        if not record.partial:
-            args = list(record.cmdline or ())
-            comm = (record.comm or "").encode("utf-8", "surrogateescape")
-            tracked.comm, tracked.name = comm, long_name(comm, args)
-            tracked.exe, tracked.cmdline = record.exe, record.cmdline or ()
-            if record.uid is not None:
-                tracked.username = self._users.lookup(record.uid)
+        # The new program: what was read replaces the old program's details, and what
+        # could not be read (the process was gone) is unknown now, not the parent's.
+        comm = (record.comm or "").encode("utf-8", "surrogateescape")
+        tracked.comm = comm
+        tracked.name = long_name(comm, list(record.cmdline or ())) if record.comm else ""
+        tracked.exe, tracked.cmdline = record.exe, record.cmdline or ()
+        tracked.username = self._users.lookup(record.uid) if record.uid is not None else None
         if record.ppid is not None:
             tracked.ppid = record.ppid
-        self._emit("exec", tracked, record, now, batch, partial=record.partial)
+        self._emit("exec", tracked, record, now, batch, partial=record.partial, read=record.cmdline)
 
     def _exit(self, record: KernelRecord, now: float, batch: KernelBatch) -> None:
         key = self._by_pid.get(record.pid)
@@ -168,18 +168,21 @@ class KernelMerge:
         batch: KernelBatch,
         *,
         partial: bool,
+        read: tuple[str, ...] | None = None,
     ) -> None:
-        known = not partial
+        """``read``: for an exec, the command line as read (None: unread; the other
+        details are then what the exec could read, each null when it could not)."""
+        known = not partial or kind in ("stop", "exec")
         batch.partial += partial
         batch.events.append(
             ProcessEvent(
                 event_type=kind,
                 pid=tracked.pid,
                 ppid=tracked.ppid,
-                name=tracked.name or None if known or kind == "stop" else None,
-                exe=tracked.exe if known or kind == "stop" else None,
-                cmdline=tracked.cmdline if known or kind == "stop" else None,
-                username=tracked.username if known or kind == "stop" else None,
+                name=(tracked.name or None) if known else None,
+                exe=tracked.exe if known else None,
+                cmdline=(read if kind == "exec" else tracked.cmdline) if known else None,
+                username=tracked.username if known else None,
                 start_time=tracked.start_time,
                 status="dead" if kind == "stop" else tracked.status,
                 observed_at=now,

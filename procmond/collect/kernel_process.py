@@ -52,9 +52,19 @@ Deliver = Callable[[list[KernelRecord]], None]
 class KernelProcess:
     """Runs the kernel source in a child process and delivers its records from a thread."""
 
-    def __init__(self, deliver: Deliver, *, rcvbuf_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        deliver: Deliver,
+        *,
+        rcvbuf_bytes: int = 8 * 1024 * 1024,
+        command: list[str] | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> None:
+        """``command`` replaces the child's command line (tests); it gets ``rcvbuf_bytes``."""
         self._deliver = deliver
         self._rcvbuf_bytes = rcvbuf_bytes
+        self._command = command or [sys.executable, "-m", "procmond.collect.kernel_process"]
+        self._start_timeout = start_timeout
         self._child: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -87,14 +97,14 @@ class KernelProcess:
         """Start the child; :class:`KernelUnavailable` with its reason when it cannot listen."""
         parent = os.getpid()
         child = subprocess.Popen(
-            [sys.executable, "-m", "procmond.collect.kernel_process", str(self._rcvbuf_bytes)],
+            [*self._command, str(self._rcvbuf_bytes)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             start_new_session=True,
             preexec_fn=lambda: death_signal_preexec(parent),
         )
         assert child.stdout is not None
-        first = _first_line(child.stdout, START_TIMEOUT_S)
+        first = _first_line(child.stdout, self._start_timeout)
         hello = json.loads(first) if first else {}
         if "ready" not in hello:
             _end(child)
