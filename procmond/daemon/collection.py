@@ -169,6 +169,9 @@ class Collection:
         if self._ticker is not None:
             self._ticker.cancel()
         self._stop_kernel()
+        # The reader's last batches were handed to the loop (call_soon_threadsafe) before
+        # stop returned: let those callbacks queue them before looking at the inbox.
+        await asyncio.sleep(0)
         merger, self._merger = self._merger, None
         if merger is not None:
             self._kernel_wake.set()
