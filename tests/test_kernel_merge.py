@@ -211,3 +211,39 @@ def test_a_cycle_stop_carries_null_exit_fields_and_its_source(
         None,
     )
     assert wire["event_time"] == wire["observed_at"]
+
+
+def test_fork_without_exec_multiple_execs_and_pid_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork that never execs is a start and a stop with the parent's details; a process
+    that execs three times gives three exec events; a reused pid is a new process."""
+    world = World()
+    world.install(monkeypatch)
+    collector = ProcessCollector()
+    collector.collect()
+    boot = collector._boot_time
+    apply = collector.apply_kernel
+
+    worker = FakeProc(600, 10, 1, "init", ["/sbin/init"])
+    events = apply([record("fork", worker, boot, gone=False)]).events
+    events += apply([record("exit", worker, boot, gone=True)]).events
+    assert [(e.event_type, e.cmdline) for e in events] == [
+        ("start", ("/sbin/init",)),
+        ("stop", ("/sbin/init",)),
+    ]
+
+    shell = FakeProc(601, 11, 1, "init", ["/sbin/init"])
+    events = apply([record("fork", shell, boot, gone=False)]).events
+    for program in ("sh", "env", "python3"):
+        shell.comm, shell.argv = program, [f"/usr/bin/{program}"]
+        events += apply([record("exec", shell, boot, gone=False)]).events
+    assert [(e.event_type, e.name) for e in events] == [
+        ("start", "init"),
+        ("exec", "sh"),
+        ("exec", "env"),
+        ("exec", "python3"),
+    ]
+
+    reused = FakeProc(600, 40, 1, "init", ["/sbin/init"])  # pid 600 again, a new process
+    events = apply([record("fork", reused, boot, gone=False)]).events
+    assert [(e.event_type, e.pid) for e in events] == [("start", 600)]
+    assert events[0].start_time > worker.start_ticks / CLK_TCK + boot
