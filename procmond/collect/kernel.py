@@ -65,6 +65,7 @@ from procmond.collect.kernel_decode import (
     KernelRecord,
     MalformedDatagramError,
     ProcEvent,
+    ReaderState,
     SeqTracker,
     control_message,
     decode_datagram,
@@ -119,7 +120,7 @@ class KernelUnavailable(Exception):  # noqa: N818 - the name the integrator was 
         self.reason = reason
 
 
-class KernelSource:
+class KernelSource(ReaderState):
     """The netlink process connector, read by a daemon thread; see the module docstring."""
 
     def __init__(self, deliver: Deliver, *, rcvbuf_bytes: int = 8 * 1024 * 1024) -> None:
@@ -155,18 +156,6 @@ class KernelSource:
         """Events the kernel dropped: the sequence gaps, or at least one per ENOBUFS
         (plus one per reader failure)."""
         return max(self.seq_gaps, self.overflows) + self.failures
-
-    @property
-    def running(self) -> bool:
-        """Whether the reader thread is alive (it ends on stop() or a socket failure)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def lost_since_last(self) -> int:
-        """Events lost since the previous call (0: none; anything else: resync by a cycle)."""
-        with self._lock:
-            lost = self.lost
-            delta, self._lost_reported = lost - self._lost_reported, lost
-        return delta
 
     def start(self) -> None:
         """Listen to the kernel and start the reader thread; KernelUnavailable says why not."""

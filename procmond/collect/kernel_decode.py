@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
@@ -56,6 +57,7 @@ __all__ = [
     "KernelRecord",
     "MalformedDatagramError",
     "ProcEvent",
+    "ReaderState",
     "SeqTracker",
     "control_message",
     "decode_datagram",
@@ -319,3 +321,29 @@ def refusal_reason(action: str, exc: OSError) -> str:
         errno.ECONNREFUSED: "not in the initial network namespace, or no connector",
     }.get(exc.errno or 0, exc.strerror or "unexpected")
     return f"{action} failed: {name} ({hint})"
+
+
+class ReaderState:
+    """``running`` and ``lost_since_last`` of a kernel source (the thread and the process
+    versions), from its reading thread and its ``lost`` total."""
+
+    _thread: threading.Thread | None
+    _lock: threading.Lock
+    _lost_reported: int
+
+    @property
+    def lost(self) -> int:
+        """Events the kernel dropped so far (each source counts its own way)."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """Whether the reading thread is alive (it ends on stop() or a failure)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def lost_since_last(self) -> int:
+        """Events lost since the previous call (0: none; anything else: resync by a cycle)."""
+        with self._lock:
+            lost = self.lost
+            delta, self._lost_reported = lost - self._lost_reported, lost
+        return delta

@@ -37,6 +37,7 @@ from typing import IO, Any, Final
 
 from procmond.children import death_signal_preexec
 from procmond.collect.kernel import KernelRecord, KernelSource, KernelUnavailable
+from procmond.collect.kernel_decode import ReaderState
 
 __all__ = ["KernelProcess", "main"]
 
@@ -49,7 +50,7 @@ SWITCH_INTERVAL_S: Final = 0.0002
 Deliver = Callable[[list[KernelRecord]], None]
 
 
-class KernelProcess:
+class KernelProcess(ReaderState):
     """Runs the kernel source in a child process and delivers its records from a thread."""
 
     def __init__(
@@ -80,18 +81,6 @@ class KernelProcess:
     def lost(self) -> int:
         """Events the kernel dropped (the child's count), plus one if the child died."""
         return self._child_lost + self._ended_early
-
-    @property
-    def running(self) -> bool:
-        """Whether the child is alive and read."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def lost_since_last(self) -> int:
-        """Events lost since the previous call (anything but 0: resync by a cycle)."""
-        with self._lock:
-            lost = self.lost
-            delta, self._lost_reported = lost - self._lost_reported, lost
-        return delta
 
     def start(self) -> None:
         """Start the child; :class:`KernelUnavailable` with its reason when it cannot listen."""
