@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -86,3 +87,35 @@ def test_a_silent_child_is_ended_and_reported() -> None:
     with pytest.raises(KernelUnavailable) as refused:
         source.start()
     assert "did not start" in refused.value.reason
+
+
+@root_only
+def test_the_child_dies_with_a_killed_daemon_even_while_busy() -> None:
+    """SIGKILL the process that started the reader while a storm keeps the child busy: the
+    child still exits (its death signal may land on a busy thread; the main one wakes)."""
+    code = (
+        "import sys, time\n"
+        "from procmond.collect.kernel_process import KernelProcess\n"
+        "k = KernelProcess(lambda batch: None)\n"
+        "k.start()\n"
+        "print(k._child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    if not line.strip().isdigit():  # pragma: no cover - the kernel refused (not the host netns)
+        parent.kill()
+        pytest.skip("the kernel source did not start")
+    child = int(line)
+    storm = subprocess.Popen(["sh", "-c", "for i in $(seq 300); do /bin/true busy; done"])
+    parent.kill()
+    parent.wait(10)
+    storm.wait(60)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.05)  # another process's exit: nothing to wait on but its /proc entry
+    alive = os.path.exists(f"/proc/{child}")
+    if alive:  # leave nothing behind even when failing
+        os.kill(child, 9)
+    assert not alive

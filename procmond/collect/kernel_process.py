@@ -44,6 +44,8 @@ __all__ = ["KernelProcess", "main"]
 #: How long the child may take to say ready (it imports, opens and binds the socket).
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 3.0
+#: How often the child's main thread wakes to run signal handlers and see its parent.
+MAIN_WAKE_S: Final = 0.5
 #: The child's GIL switch interval (Python's default is 5 ms).
 SWITCH_INTERVAL_S: Final = 0.0002
 
@@ -195,7 +197,13 @@ def main(argv: list[str]) -> int:
 
     writer = threading.Thread(target=write, name="procmond-kernel-write", daemon=True)
     writer.start()
-    done.wait()
+    parent = os.getppid()
+    # Wake now and then: a signal may be delivered to the reader or the writer thread,
+    # and Python runs its handler only when the main thread runs (an orphan was left
+    # behind by a SIGTERM that never woke a main thread blocked in wait()). The parent
+    # check covers a death signal that never came.
+    while not done.wait(MAIN_WAKE_S) and os.getppid() == parent:
+        pass
     source.stop()
     outbox.put(None)
     writer.join(STOP_TIMEOUT_S)
