@@ -18,6 +18,7 @@ TOML file (``--config`` / ``PROCMOND_CONFIG``), every key optional::
     stream_maxlen = 100000
     buffer_capacity = 10000
     wal_max_bytes = 536870912
+    metrics_listen = "127.0.0.1:9464"  # Prometheus /metrics; absent: no endpoint
 
     [collector]                        # the UpdateConfig keys
     collection_interval_secs = 30
@@ -86,6 +87,25 @@ class Settings:
     stream_maxlen: int = 100_000
     buffer_capacity: int = 10_000
     wal_max_bytes: int = 512 * 1024 * 1024
+    #: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; None: off (the default).
+    metrics_listen: str | None = None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 picks a free one) as (host, port).
+
+    Raises ValueError naming what is wrong.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, for example 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    if not host or any(c.isspace() or c in "[]/" for c in host):
+        raise ValueError(f"host {host!r} is not a host name or address")
+    return host, int(port_text)
 
 
 def _bad(field_name: str, message: str) -> StartupError:
@@ -115,7 +135,15 @@ def build_settings(
     file_collector = file_values.pop("collector", {})
     if not isinstance(file_collector, dict):
         raise _bad("collector", "must be a table")
-    known = {"redis_url", "collector_id", "data_dir", "log_level", "log_format", *_SCALARS}
+    known = {
+        "redis_url",
+        "collector_id",
+        "data_dir",
+        "log_level",
+        "log_format",
+        "metrics_listen",
+        *_SCALARS,
+    }
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise _bad(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
@@ -140,6 +168,15 @@ def build_settings(
     data_dir = pick("data_dir")
     if data_dir is not None:
         values["data_dir"] = Path(data_dir).expanduser()
+    metrics_listen = pick("metrics_listen")
+    if metrics_listen is not None:
+        if not isinstance(metrics_listen, str):
+            raise _bad("metrics_listen", "must be a string HOST:PORT")
+        try:
+            parse_listen(metrics_listen)
+        except ValueError as exc:
+            raise _bad("metrics_listen", str(exc)) from exc
+        values["metrics_listen"] = metrics_listen
     for name, choices in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
         value = pick(name)
         if value is not None:

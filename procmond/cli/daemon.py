@@ -97,6 +97,13 @@ __all__ = ["run"]
     help="Drain time allowed on SIGTERM/SIGINT (default 30000).",
 )
 @click.option(
+    "--metrics-listen",
+    envvar="PROCMOND_METRICS_LISTEN",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: off). "
+    "Port 0 picks a free port (printed at start).",
+)
+@click.option(
     "--log-level",
     envvar="PROCMOND_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -120,6 +127,7 @@ def run(
     heartbeat_interval_ms: int | None,
     registration_attempts: int | None,
     shutdown_timeout_ms: int | None,
+    metrics_listen: str | None,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
@@ -152,6 +160,7 @@ def run(
                 "heartbeat_interval_ms": heartbeat_interval_ms,
                 "registration_attempts": registration_attempts,
                 "shutdown_timeout_ms": shutdown_timeout_ms,
+                "metrics_listen": metrics_listen,
             },
             {
                 "collection_interval_secs": interval,

@@ -134,6 +134,8 @@ class Collection:
         self.last_collection: datetime | None = None
         self.last_error: str | None = None
         self.wal_error: str | None = None
+        #: Called on the event loop with each cycle's duration in seconds (metrics).
+        self.on_cycle: Callable[[float], None] | None = None
 
     @property
     def config(self) -> CollectorConfig:
@@ -322,8 +324,11 @@ class Collection:
             self.wal_error = None
             self.last_collection = datetime.now(UTC)
         finally:
-            self.last_cycle_ms = round((time.monotonic() - started) * 1000, 3)
+            elapsed = time.monotonic() - started
+            self.last_cycle_ms = round(elapsed * 1000, 3)
             self._cycle = None
+            if self.on_cycle is not None:
+                self.on_cycle(elapsed)
             self.cycles.add()
 
     def _failed(self) -> None:

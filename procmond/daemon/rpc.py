@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -75,6 +76,9 @@ class RpcService:
         self._publishing = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
         self.requests_total = 0
         self.responses_total = 0
+        #: Called on the event loop with (operation, response status, seconds from
+        #: receipt) for every answer made (the metrics' hook; must not block).
+        self.on_answer: Callable[[str, str, float], None] | None = None
 
     async def start(self) -> None:
         """Subscribe; returns once the server confirmed (or at once while it is down)."""
@@ -228,12 +232,15 @@ class RpcService:
     ) -> bytes:
         error = outcome.error
         total_ms = (time.monotonic() - received) * 1000
+        status = "Success" if error is None else error.status
+        if self.on_answer is not None:
+            self.on_answer(operation, status, total_ms / 1000)
         response = RpcResponse(
             request_id=request_id,
             correlation_id=correlation_id,
             operation=operation,
             service_id=self._collector_id,
-            status="Success" if error is None else error.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             payload=outcome.payload,
             error=None if error is None else RpcErrorBody.model_validate(error.body()),
             state=self._actor.state.value,

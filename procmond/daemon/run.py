@@ -6,7 +6,9 @@ Start-up (each step only after the one before it succeeded):
 2. write-ahead log: opened, locked, pending events replayed into the buffer;
 3. bus: connecting in the background (Redis may still be down: we collect
    and log anyway, and catch up when it comes);
-4. the event flusher, then the actor: it enters the lifecycle's initial
+4. the metrics endpoint when ``metrics_listen`` is set (a thread of its own
+   serving ``/metrics``: :mod:`procmond.metrics`);
+5. the event flusher, then the actor: it enters the lifecycle's initial
    state, whose row starts listening (the RPC service subscribes
    ``control.collector.{id}`` *before* the first ``Register``), collecting
    (the baseline cycle) and the first registration attempt.
@@ -16,7 +18,7 @@ Shutdown (GracefulShutdown, SIGTERM or SIGINT; protocol section 6) is a
 message to the actor: it drains (cycle finished, events flushed, log
 synced) and answers, sends Deregister, stops listening (queued requests
 answered ``SHUTTING_DOWN``), announces ``deregistered`` and returns; then
-the flusher, the bus, the log and the embedded Redis stop, in reverse order
+the flusher, the bus, the metrics endpoint, the log and the embedded Redis stop, in reverse order
 of their start. A second SIGINT exits at once: the log keeps whatever was
 not sent.
 
@@ -38,10 +40,11 @@ from procmond import __version__
 from procmond.bus.redis import RedisBus
 from procmond.collect.collector import ProcessCollector
 from procmond.collect.kernel_process import KernelProcess
-from procmond.config import Settings
+from procmond.config import Settings, parse_listen
 from procmond.daemon.actor import ProcmondMonitorCollector
 from procmond.daemon.collection import collector_settings
 from procmond.daemon.messages import DrainReport, GracefulShutdown
+from procmond.daemon.operations import SERVED_OPERATIONS
 from procmond.daemon.registration import Identity, RegistrationSettings
 from procmond.daemon.rpc import RpcService
 from procmond.daemon.sdnotify import SystemdNotifier
@@ -123,7 +126,10 @@ class Daemon:
                 on_give_up=self._give_up,
             )
             self._actor = actor
-            actor.serve(RpcService(actor, bus))
+            rpc = RpcService(actor, bus)
+            actor.serve(rpc)
+            if settings.metrics_listen is not None:
+                self._serve_metrics(stack, settings.metrics_listen, actor, pipeline, bus, rpc)
             notifier = SystemdNotifier.from_environment()
             if notifier is not None:
                 actor.add_state_listener(notifier.on_state_change)
@@ -149,6 +155,33 @@ class Daemon:
         stack.callback(server.stop)
         _say(f"no --redis-url given: started embedded Redis (pid {server.pid}) at {url}")
         return url
+
+    def _serve_metrics(
+        self,
+        stack: AsyncExitStack,
+        listen: str,
+        actor: ProcmondMonitorCollector,
+        pipeline: EventPipeline,
+        bus: RedisBus,
+        rpc: RpcService,
+    ) -> None:
+        """Start the ``/metrics`` endpoint; it stops (off the loop) after the bus closed."""
+        # Imported only when asked for: without metrics, prometheus_client is never loaded.
+        from procmond.metrics.daemon import DaemonMetrics
+        from procmond.metrics.endpoint import MetricsEndpoint
+
+        host, port = parse_listen(listen)
+        metrics = DaemonMetrics(actor, pipeline, bus, SERVED_OPERATIONS)
+        try:
+            endpoint = MetricsEndpoint(host, port, [metrics])
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve metrics on {listen}: {exc.strerror or exc}", EXIT_CANNOT_START
+            ) from exc
+        stack.push_async_callback(asyncio.to_thread, endpoint.stop)
+        actor.collection.on_cycle = metrics.observe_cycle
+        rpc.on_answer = metrics.rpc.answered
+        _say(f"Prometheus metrics on {endpoint.url}")
 
     def _open_wal(self) -> tuple[WriteAheadLog, list[WalRecord]]:
         directory = self.settings.data_dir / "wal" / self.settings.collector_id
