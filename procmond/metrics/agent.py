@@ -15,6 +15,7 @@ The metric list with each meaning is in docs/operations.md ("Prometheus").
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from operator import attrgetter
@@ -22,9 +23,10 @@ from operator import attrgetter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from procmond.agent.tracker import AgentEvent, EventKind, Liveness, Tracker
+from procmond.metrics.endpoint import MetricsEndpoint
 from procmond.metrics.families import counter, gauge
 
-__all__ = ["COLLECTOR_STATES", "AgentMetrics"]
+__all__ = ["COLLECTOR_STATES", "AgentEndpoint", "AgentMetrics"]
 
 #: States always exported (0 when no collector is in them), so an alert on
 #: ``failed`` has a series to compare. Lifecycle states as announced, then the
@@ -155,3 +157,35 @@ class AgentMetrics:
             "1 while the agent is connected to Redis.",
             1.0 if self._bus_connected() else 0.0,
         )
+
+
+class AgentEndpoint:
+    """The agent's ``/metrics``: :class:`AgentMetrics` served, or nothing when not asked for."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        bus_connected: Callable[[], bool],
+        listen: tuple[str, int] | None,
+    ) -> None:
+        """Bind now when ``listen`` is given (OSError when it cannot be bound)."""
+        self.metrics: AgentMetrics | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        if listen is not None:
+            self.metrics = AgentMetrics(tracker, bus_connected=bus_connected)
+            self._endpoint = MetricsEndpoint(*listen, [self.metrics])
+
+    @property
+    def url(self) -> str | None:
+        """Where it listens (None: off)."""
+        return None if self._endpoint is None else self._endpoint.url
+
+    def watching(self, on_events: EventsCallback) -> EventsCallback:
+        """``on_events``, counting each batch first while metrics are on."""
+        return on_events if self.metrics is None else self.metrics.watching(on_events)
+
+    async def stop(self) -> None:
+        """Stop serving (off the event loop: the server's shutdown waits for its poll)."""
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            await asyncio.to_thread(endpoint.stop)
