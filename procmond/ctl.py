@@ -67,10 +67,19 @@ def _fmt_health(payload: dict[str, Any]) -> list[str]:
     last_ms = m("last_cycle_ms")
     last_cycle = "-" if last_ms is None else f"{last_ms:.0f} ms"
     verdict = f"{p('status')}: {'; '.join(reasons)}" if reasons else p("status")
+    capture = (
+        []
+        if m("capture_mode") is None  # a version 1 collector
+        else [
+            f"  capture mode {m('capture_mode')}, kernel events {m('kernel_events')} "
+            f"({m('kernel_events_lost')} lost, {m('partial_events')} partial)"
+        ]
+    )
     return [
         f"{p('collector_id')} on {p('hostname')} "
         f"(pid {p('pid')}, boot {str(p('boot_id'))[:12]}, v{p('version')})",
         f"  state {p('state')}, {verdict}",
+        *capture,
         f"  bus {p('connection_status')}, up {p('uptime_seconds') or 0:.0f} s, "
         f"config v{p('config_version')}, last collection {p('last_collection')}",
         f"  processes {m('processes_collected')}, events published {m('events_published')}, "

@@ -5,7 +5,10 @@ runs the reference agent beside it in this process, and narrates what
 happens, one line per step: the daemon's own log, every control message
 (registration, ``ready``, heartbeats, RPCs from ``procmond ctl`` in another
 terminal) and the process events as they reach the streams (the baseline
-summarised in one line). Ctrl-C reaches the daemon too (same terminal
+summarised in one line). Where the kernel lets the daemon listen to its
+process events (root, the initial namespaces, Linux) every program run shows
+as an ``exec`` event; the demo says which capture mode runs and what it means
+for what can be seen. Ctrl-C reaches the daemon too (same terminal
 process group): it drains, deregisters and exits, and the demo exits with
 its status after showing the last messages.
 """
@@ -29,11 +32,13 @@ from procmond.agent.service import Agent, AgentEvent, Tracker
 from procmond.bus.redis import BusError, RedisBus
 from procmond.errors import EXIT_CODES
 from procmond.topics import EVENT_STREAMS
-from procmond.watch import describe_control, describe_event
+from procmond.watch import describe_control, describe_event, in_seq_order
 
 #: Events shown one by one per stream read; more are counted in one line.
 _EVENTS_SHOWN: Final = 12
 _URL_LINE: Final = re.compile(r"started embedded Redis \(pid \d+\) at (\S+)")
+#: The daemon's one line saying how it captures processes (protocol section 9).
+_CAPTURE_LINE: Final = re.compile(r"capture mode (kernel|cycle): ")
 _WAIT_FOR_REDIS_S: Final = 30.0
 _FINAL_MESSAGES_S: Final = 0.1
 
@@ -120,6 +125,11 @@ class Demo:
             f"from another terminal: {procmond} ctl health  |  "
             f"{procmond} ctl config collection_interval_secs=10  |  {procmond} watch",
         )
+        say(
+            "demo",
+            "run a program there too (say `/bin/true hello`): with kernel events its exec "
+            "shows below as events.process.exec",
+        )
         say("demo", "Ctrl-C: graceful drain (finish the cycle, flush events, deregister, exit); "
             "twice: exit at once")  # fmt: skip
 
@@ -150,6 +160,22 @@ class Demo:
                 asyncio.get_running_loop().call_later(_FINAL_MESSAGES_S, self._done.set)
             # Drop the log's own clock: the demo stamps every line.
             self.emit("procmond", re.sub(r"^\d\d:\d\d:\d\d ", "", line).removeprefix("procmond: "))
+            capture = _CAPTURE_LINE.search(line)
+            if capture:
+                self.emit("demo", self._capture_meaning(capture.group(1)))
+
+    def _capture_meaning(self, mode: str) -> str:
+        """What the daemon's capture mode means for what the demo will show."""
+        if mode == "kernel":
+            return (
+                "capture mode kernel: every fork, exec and exit as it happens, even of a "
+                f"millisecond-long program; the cycle every {self.interval:g} s reconciles"
+            )
+        return (
+            f"capture mode cycle: only processes alive at a cycle (every {self.interval:g} s) "
+            "are seen, and no exec events; the line above says why (kernel events need "
+            "root in the initial namespaces, on Linux)"
+        )
 
     async def _watch(self, stop: asyncio.Event) -> None:
         assert self._url is not None
@@ -196,8 +222,9 @@ class Demo:
                 continue
             baseline: collections.Counter[str] = collections.Counter()
             shown = 0
-            for stream, entry_id, fields in batch:
+            for stream, entry_id, _fields in batch:
                 last[stream] = entry_id
+            for stream, entry_id, fields in in_seq_order(batch):
                 if '"baseline":true' in fields.get("event", ""):
                     baseline[fields.get("collector_id", "?")] += 1
                 elif shown < _EVENTS_SHOWN:

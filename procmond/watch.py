@@ -1,10 +1,18 @@
-"""``procmond watch``: tail the control topics and the event streams, one line per message."""
+"""``procmond watch``: tail the control topics and the event streams, one line per message.
+
+Event lines name the source of each event (protocol section 9: ``kernel`` or
+``cycle``), mark the ``partial`` ones (the process was gone before its details
+could be read) and give a kernel ``stop``'s exit code and signal; heartbeat
+lines give the collector's ``capture_mode``. ``--json`` prints the messages and
+entries as they are, one JSON object per line.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -41,6 +49,7 @@ def describe_control(channel: str, data: bytes) -> str:
             f"{m.get('health_status')}{' (' + reasons + ')' if reasons else ''} "
             f"procs={metrics.get('processes_collected')} events={metrics.get('events_published')} "
             f"buffer={metrics.get('buffer_level_percent')}% bus={metrics.get('connection_status')}"
+            f"{_capture(metrics)}"
         )
     if channel.startswith("control.health.status."):
         return f"{channel}  {m.get('collector_id')} is {m.get('state')} (boot {m.get('boot_id')})"
@@ -59,22 +68,79 @@ def describe_control(channel: str, data: bytes) -> str:
     return f"{channel}  {_short(m, 120)}"
 
 
+def _capture(metrics: dict[str, Any]) -> str:
+    """A heartbeat's capture mode (protocol section 9), and kernel losses when there are any."""
+    mode = metrics.get("capture_mode")
+    if mode is None:  # a version 1 collector
+        return ""
+    lost = metrics.get("kernel_events_lost")
+    return f" capture={mode}" + (f" kernel_lost={lost}" if lost else "")
+
+
+def _exit(event: dict[str, Any]) -> str:
+    """A kernel stop's exit status: ``exit=0``, or ``exit=143 signal=SIGTERM`` (null: none)."""
+    code, number = event.get("exit_code"), event.get("exit_signal")
+    if code is None:
+        return ""
+    if not number:
+        return f" exit={code}"
+    try:
+        name = signal.Signals(number).name
+    except (ValueError, TypeError):
+        name = str(number)
+    return f" exit={code} signal={name}"
+
+
 def describe_event(stream: str, entry_id: str, fields: dict[str, str]) -> str:
-    """One readable line for a stream entry."""
+    """One readable line for a stream entry.
+
+    ``events.process.exec  seq=892 x pid=10301 ppid=10299 true user=root
+    source=kernel cmd=/bin/true marker``: after the user, the source (``kernel``
+    or ``cycle``; absent from a version 1 collector), ``partial`` when the
+    process was gone before it could be read (its unknown fields show as
+    ``?``), and ``exit=``/``signal=`` on a kernel stop.
+    """
     try:
         event = json.loads(fields.get("event", "{}"))
     except ValueError:
         event = {}
+    if not isinstance(event, dict):
+        event = {}
     kind = stream.rsplit(".", 1)[-1]
-    cmd = " ".join(event.get("cmdline") or []) or event.get("name", "")
-    extra = " baseline" if event.get("baseline") else ""
+    name = event.get("name") or "?"
+    cmd = " ".join(event.get("cmdline") or []) or name
+    extra = f" source={event['source']}" if event.get("source") else ""
+    if event.get("partial"):
+        extra += " partial"
+    if event.get("baseline"):
+        extra += " baseline"
     if kind == "modify" and event.get("changed"):
         extra += f" changed={','.join(event['changed'])}"
+    if kind == "stop":
+        extra += _exit(event)
     return (
         f"{stream}  seq={fields.get('seq')} {fields.get('collector_id')} pid={event.get('pid')} "
-        f"ppid={event.get('ppid')} {event.get('name')!s} user={event.get('username')}{extra} "
+        f"ppid={event.get('ppid')} {name} user={event.get('username') or '?'}{extra} "
         f"cmd={_short(cmd)}"
     )
+
+
+def in_seq_order(
+    batch: list[tuple[str, str, dict[str, str]]],
+) -> list[tuple[str, str, dict[str, str]]]:
+    """One XREAD's entries per collector in ``seq`` order, not stream by stream.
+
+    XREAD answers stream by stream, so a process's ``exec`` would be shown after its
+    ``stop`` when both came in one read; ``seq`` is one sequence per collector across
+    the four streams (protocol section 8), the order the events were made in.
+    """
+
+    def key(entry: tuple[str, str, dict[str, str]]) -> tuple[str, int]:
+        fields = entry[2]
+        seq = fields.get("seq", "")
+        return fields.get("collector_id", ""), int(seq) if seq.isdigit() else -1
+
+    return sorted(batch, key=key)
 
 
 async def watch(
@@ -123,8 +189,9 @@ async def _tail(bus: Bus, json_output: bool, emit: Callable[[str], None]) -> Non
         except BusUnavailable:
             await bus.wait_connected(timeout=1.0)
             continue
-        for stream, entry_id, fields in batch:
-            last[stream] = entry_id
+        for stream, entry_id, _fields in batch:
+            last[stream] = entry_id  # XREAD's order: each stream's newest comes last
+        for stream, entry_id, fields in in_seq_order(batch):
             if json_output:
                 record: dict[str, Any] = {"topic": stream, "id": entry_id, **fields}
                 with contextlib.suppress(ValueError):

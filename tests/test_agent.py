@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import daemon, new_id
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,9 +30,10 @@ from procmond.agent.service import (
     Tracker,
     run_agent,
 )
-from procmond.agent.view import event_line, table_lines
+from procmond.agent.view import LiveTable, event_line, table_lines
 from procmond.bus.memory import MemoryBroker, MemoryBus
 from procmond.bus.redis import RedisBus
+from procmond.client import RpcClient
 from procmond.embedded import RedisServer
 from procmond.topics import REGISTRATION_PATTERN, registration_topic, response_topic
 
@@ -141,6 +145,18 @@ def test_status_announcements_change_the_lifecycle() -> None:
     assert tracker.malformed_total == 1
 
 
+def test_a_draining_announcement_after_the_deregister_is_stale() -> None:
+    """The Deregister request may overtake its boot's `draining` announcement on the bus (two
+    connections): the late `draining` does not bring a deregistered collector back."""
+    tracker = ready_tracker("c1")
+    doc = {"collector_id": "c1", "boot_id": "boot-1", "timestamp": "x"}
+    assert tracker.deregister("c1", "boot-1", 1.0) is None
+    tracker.status("c1", {**doc, "state": "draining"}, 1.1)
+    tracker.status("c1", {**doc, "state": "deregistered"}, 1.2)
+    assert kinds(tracker) == [(EventKind.DEREGISTERED, "c1")]
+    assert tracker.collectors["c1"].state == "deregistered"
+
+
 def test_a_heartbeat_from_an_unknown_collector_adopts_it() -> None:
     """An agent started after its collectors learns of them from heartbeats, without false loss."""
     tracker = Tracker()
@@ -164,6 +180,29 @@ def test_malformed_heartbeats_are_counted_not_applied() -> None:
     tracker.heartbeat_bytes("c1", b'{"collector_id":"c1","boot_id":"b","sequence":"1"}', 0.0)
     tracker.heartbeat_bytes("c1", b"[1, 2]", 0.0)
     assert (tracker.malformed_total, tracker.collectors) == (5, {})
+
+
+def test_the_capture_mode_is_reported_when_first_heard_and_when_it_changes() -> None:
+    """A heartbeat's capture_mode (protocol section 9) is kept; the first of a boot and each
+    change is one capture_mode event; repeats, heartbeats without one and the `cycle` of a
+    draining collector (it stopped collecting) say nothing."""
+    tracker = ready_tracker("c1")
+    assert tracker.collectors["c1"].capture_mode is None
+    tracker.heartbeat("c1", beat("c1", "boot-1", 2, metrics={"capture_mode": "cycle"}), 1.0)
+    tracker.heartbeat("c1", beat("c1", "boot-1", 3, metrics={"capture_mode": "cycle"}), 2.0)
+    tracker.heartbeat("c1", beat("c1", "boot-1", 4, metrics={"capture_mode": "kernel"}), 3.0)
+    events = tracker.take_events()
+    assert [(e.kind, e.collector_id, e.data) for e in events] == [
+        (EventKind.CAPTURE_MODE, "c1", {"capture_mode": "cycle", "previous": None}),
+        (EventKind.CAPTURE_MODE, "c1", {"capture_mode": "kernel", "previous": "cycle"}),
+    ]
+    assert tracker.collectors["c1"].capture_mode == "kernel"
+    draining = beat("c1", "boot-1", 5, metrics={"capture_mode": "cycle"})
+    tracker.heartbeat("c1", draining.model_copy(update={"state": "draining"}), 3.5)
+    assert kinds(tracker) == [(EventKind.STATE, "c1")]  # stopped collecting: no fallback
+    tracker.register(reg("c1", boot="boot-2"), 4.0)
+    tracker.heartbeat("c1", beat("c1", "boot-2", 1, metrics={"capture_mode": "kernel"}), 4.1)
+    assert kinds(tracker)[-1] == (EventKind.CAPTURE_MODE, "c1")  # a new boot: heard anew
 
 
 # -- the pure core: liveness ---------------------------------------------------
@@ -336,6 +375,17 @@ def test_table_shows_the_worst_first_and_fits_the_height() -> None:
     assert lines[1].split()[:2] == ["ID", "STATE"]
     assert lines[2].split()[:2] == ["d", "failed"]
     assert lines[-1] == "... 3 more"
+
+
+def test_table_shows_each_collectors_capture_mode() -> None:
+    """The CAPTURE column is the capture_mode of the last heartbeat; '-' before one says."""
+    tracker = ready_tracker("a", "b")
+    tracker.heartbeat("a", beat("a", "boot-1", 2, metrics={"capture_mode": "kernel"}), 0.5)
+    lines = table_lines(list(tracker.collectors.values()), 1.0, height=10, header="H")
+    titles = lines[1].split("  ")
+    column = [t.strip() for t in titles if t.strip()].index("CAPTURE")
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert (rows["a"][column], rows["b"][column]) == ("kernel", "-")
 
 
 # -- the bus layer on MemoryBus -------------------------------------------------------
@@ -626,6 +676,13 @@ def daemon_log(tmp_path: Path) -> Iterator[Path]:
         print("procmond log tail:", *tail, sep="\n", file=sys.stderr)
 
 
+def logged_capture_mode(log: Path) -> str:
+    """The mode of the daemon's ``capture mode kernel|cycle: <why>`` log line."""
+    found = re.search(r"capture mode (kernel|cycle): ", log.read_text(errors="replace"))
+    assert found is not None, "no capture mode line in the daemon's log"
+    return found.group(1)
+
+
 @pytest.mark.redis
 @pytest.mark.e2e
 async def test_procmond_run_registers_and_heartbeats_with_run_agent(
@@ -695,3 +752,73 @@ async def test_procmond_run_registers_and_heartbeats_with_run_agent(
     kinds_seen = [e["event"] for e in lines.events if e["collector_id"] == "agent-e2e"]
     assert not {"late", "failed", "lost_heartbeats", "rejected"} & set(kinds_seen), kinds_seen
     assert kinds_seen[-1] == "deregistered"
+    # The JSON lines carry the capture mode the daemon logged that it runs in.
+    modes = [e for e in lines.events if e["event"] == "capture_mode"]
+    assert [(e["collector_id"], e["capture_mode"], e["previous"]) for e in modes] == [
+        ("agent-e2e", logged_capture_mode(daemon_log), None)
+    ]
+
+
+@pytest.mark.redis
+@pytest.mark.e2e
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's process events need root")
+async def test_the_agents_table_follows_the_capture_mode_of_a_real_daemon(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A daemon run with --no-kernel-events shows `cycle` in the agent's table; UpdateConfig
+    kernel_events=true switches it, and the agent reports capture_mode kernel (was cycle)."""
+    cid = new_id()
+    events: list[AgentEvent] = []
+    changed = asyncio.Event()
+
+    def on_events(batch: list[AgentEvent]) -> None:
+        events.extend(e for e in batch if e.collector_id == cid)
+        changed.set()
+
+    async def mode_reported(mode: str) -> AgentEvent:
+        async with asyncio.timeout(15):
+            while True:
+                found = [
+                    e
+                    for e in events
+                    if e.kind is EventKind.CAPTURE_MODE and e.data["capture_mode"] == mode
+                ]
+                if found:
+                    return found[0]
+                changed.clear()
+                await changed.wait()
+
+    def captured(table: str) -> str:
+        """The CAPTURE cell of the collector's row."""
+        titles, *rows = table.splitlines()[1:]
+        row = next(r for r in rows if r.startswith(cid + " "))
+        return row[titles.index("CAPTURE") :].split()[0]
+
+    bus = RedisBus(fresh_redis.url, name="test-agent")
+    agent = Agent(bus, Tracker(assigned_interval_ms=200), on_events=on_events)
+    view = LiveTable(io.StringIO())
+    stop = asyncio.Event()
+    await agent.start()
+    await bus.start()
+    runner = asyncio.create_task(agent.run(stop, tick_s=0.05))
+    client = RpcClient(bus)
+    try:
+        with daemon(tmp_path, fresh_redis.url, cid, extra_args=("--no-kernel-events",)) as proc:
+            first = await mode_reported("cycle")
+            assert first.data["previous"] is None
+            assert captured(view.render(agent)) == "cycle"
+            answer = await client.call(
+                cid, "UpdateConfig", {"changes": {"kernel_events": True}}, timeout=15
+            )
+            assert answer["payload"]["changed_fields"] == ["kernel_events"], answer
+            switched = await mode_reported("kernel")
+            assert switched.data["previous"] == "cycle", proc.stderr_text()
+            assert captured(view.render(agent)) == "kernel"
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait_async(15) == 0
+    finally:
+        stop.set()
+        await runner
+        await client.close()
+        await agent.close()
+        await bus.close()

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from daemon_process import DaemonProcess
 from e2e_support import churn_child, daemon, new_id, running_agent
 from redis.asyncio import Redis
 
@@ -31,6 +36,7 @@ from procmond.ctl import (
     EXIT_UNAVAILABLE,
 )
 from procmond.embedded import RedisServer
+from procmond.watch import describe_control, describe_event, in_seq_order
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -67,6 +73,9 @@ async def test_ctl_drives_a_full_lifecycle(tmp_path: Path, redis_server: RedisSe
             assert code == EXIT_SUCCESS
             assert f"{cid} on " in out
             assert "state ready" in out
+            assert re.search(
+                r"capture mode (kernel|cycle), kernel events \d+ \(\d+ lost, \d+ partial\)", out
+            ), out
             code, out, _ = await procmond(*ctl, "health", "--json", *target)
             assert code == EXIT_SUCCESS
             health = json.loads(out)
@@ -209,6 +218,123 @@ async def test_watch_prints_control_messages_and_events(
             assert await watcher.wait() == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's process events need root")
+async def test_watch_shows_exec_events_with_their_source_and_exit(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """watch (text) shows the capture mode in heartbeats, a program's exec like a start (pid,
+    ppid, name, user, source=kernel, command line), and its kernel stop's exit and signal."""
+    cid = new_id()
+    url = redis_server.url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCMOND_")}
+    watcher = await asyncio.create_subprocess_exec(
+        *PROCMOND, "watch", "--redis-url", url, stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert watcher.stdout is not None
+    stdout = watcher.stdout
+
+    async def line_with(*needles: str) -> str:
+        async with asyncio.timeout(20):
+            while True:
+                line = (await stdout.readline()).decode()
+                assert line, "watch ended early"
+                if all(needle in line for needle in needles):
+                    return line
+
+    marker = f"exec-{cid}"
+    try:
+        async with running_agent(url, heartbeat_interval_ms=200) as agent:
+            # One cycle only (the baseline): every later start, exec and stop is the kernel's.
+            with DaemonProcess(tmp_path / "data", redis_url=url, collector_id=cid, interval=3600):
+                await agent.wait_for_state(cid, "ready", timeout=15)
+                # Once watch shows a heartbeat it tails the streams: what runs now is news.
+                heartbeat = await line_with(f"control.health.heartbeat.{cid} ")
+                assert " capture=kernel" in heartbeat
+                # sh waits for its sleep: alive, so its exec is read whole (not partial).
+                child = subprocess.Popen(  # noqa: ASYNC220 - ended and reaped below, bounded
+                    ["sh", "-c", "sleep 60; :", marker], start_new_session=True
+                )
+                try:
+                    pid = f" {cid} pid={child.pid} "
+                    execed = await line_with("events.process.exec ", pid, " source=kernel ")
+                    assert (
+                        f" user={getpass.getuser()} source=kernel cmd=sh -c sleep 60; : " in execed
+                    )
+                    assert execed.rstrip().endswith(marker)
+                    assert " partial" not in execed
+                finally:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait(10)
+                stopped = await line_with("events.process.stop ", pid)
+                assert " source=kernel exit=137 signal=SIGKILL cmd=sh -c sleep 60; : " in stopped
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            assert await watcher.wait() == 0
+
+
+def test_watch_shows_one_read_in_seq_order_per_collector() -> None:
+    """XREAD answers stream by stream; watch shows each collector's entries in seq order, so a
+    process's start, exec and stop read together are shown in the order they happened."""
+    batch = [
+        ("events.process.start", "5-0", {"collector_id": "b", "seq": "9"}),
+        ("events.process.start", "5-1", {"collector_id": "a", "seq": "10"}),
+        ("events.process.stop", "5-0", {"collector_id": "a", "seq": "12"}),
+        ("events.process.exec", "5-0", {"collector_id": "a", "seq": "11"}),
+        ("events.process.exec", "5-1", {"collector_id": "b", "seq": "8"}),
+    ]
+    ordered = [(e[2]["collector_id"], e[2]["seq"], e[0]) for e in in_seq_order(batch)]
+    assert ordered == [
+        ("a", "10", "events.process.start"),
+        ("a", "11", "events.process.exec"),
+        ("a", "12", "events.process.stop"),
+        ("b", "8", "events.process.exec"),
+        ("b", "9", "events.process.start"),
+    ]
+
+
+def test_watch_describes_partial_events_signals_and_capture_losses() -> None:
+    """A partial exec shows `partial` and `?` for what could not be read; a cycle's stop no
+    exit; a v1 event no source; a heartbeat its capture mode and kernel losses."""
+
+    def line(stream: str, **event: Any) -> str:
+        fields = {"seq": "7", "collector_id": "c1", "event": json.dumps(event)}
+        return describe_event(f"events.process.{stream}", "1-0", fields)
+
+    partial = line(
+        "exec", pid=5, ppid=1, name=None, username=None, cmdline=None, source="kernel",
+        partial=True,
+    )  # fmt: skip
+    assert (
+        partial == "events.process.exec  seq=7 c1 pid=5 ppid=1 ? user=? source=kernel partial cmd=?"
+    )
+    assert line(
+        "stop", pid=5, ppid=1, name="sleep", username="u", cmdline=["sleep", "9"],
+        source="kernel", partial=False, exit_code=143, exit_signal=15,
+    ).endswith(" user=u source=kernel exit=143 signal=SIGTERM cmd=sleep 9")  # fmt: skip
+    assert line(
+        "stop", pid=5, ppid=1, name="sleep", username="u", cmdline=["sleep", "9"],
+        source="kernel", partial=False, exit_code=3, exit_signal=0,
+    ).endswith(" source=kernel exit=3 cmd=sleep 9")  # fmt: skip
+    assert line(
+        "stop", pid=5, ppid=1, name="sleep", username="u", cmdline=["sleep", "9"],
+        source="cycle", partial=False, exit_code=None, exit_signal=None,
+    ).endswith(" user=u source=cycle cmd=sleep 9")  # fmt: skip
+    assert line(
+        "start", pid=5, ppid=1, name="sleep", username="u", cmdline=["sleep", "9"], baseline=True
+    ).endswith(" user=u baseline cmd=sleep 9")
+    beat = {
+        "sequence": 4, "state": "ready", "health_status": "Degraded",
+        "reasons": ["kernel dropped process events (3 so far); resynced"],
+        "metrics": {"processes_collected": 9, "events_published": 20, "buffer_level_percent": 0.0,
+                    "connection_status": "Connected", "capture_mode": "kernel",
+                    "kernel_events": 50, "kernel_events_lost": 3, "partial_events": 1},
+    }  # fmt: skip
+    text = describe_control("control.health.heartbeat.c1", json.dumps(beat).encode())
+    assert text.endswith("bus=Connected capture=kernel kernel_lost=3")
+    assert "(kernel dropped process events (3 so far); resynced)" in text
+
+
 async def test_systemd_notifications(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,7 +428,7 @@ async def test_demo_shows_the_stack_and_drains_on_ctrl_c(tmp_path: Path) -> None
     )  # fmt: skip
     assert demo.stdout is not None
     lines: list[str] = []
-    wanted = ["is ready", "heartbeat #2", "baseline of"]
+    wanted = ["is ready", "heartbeat #2", "baseline of", "demo | capture mode ", " capture="]
 
     async def until(needles: list[str]) -> None:
         async with asyncio.timeout(30):

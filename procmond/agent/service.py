@@ -42,6 +42,11 @@ seen for a collector it adopted from its heartbeats (an agent started after
 its collectors). A new ``boot_id`` starts new counters; heartbeats of a
 replaced boot are ignored (counted as ``stale``); repeats are ignored.
 
+Capture mode. Each heartbeat's ``metrics.capture_mode`` (protocol section 9:
+``kernel`` or ``cycle``) is kept with the collector and shown in the table;
+the first of a boot and every change is a ``capture_mode`` event (not the
+``cycle`` of a draining collector, which stopped collecting: not a fallback).
+
 Topics. A request on ``control.registration.X`` whose ``client_id`` is not
 ``X`` is dropped unanswered and counted in ``rpc_malformed_total``, like a
 message that names no usable ``client_id``. A collector registers on its own

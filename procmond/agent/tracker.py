@@ -72,6 +72,7 @@ class EventKind(StrEnum):
     LOST_HEARTBEATS = "lost_heartbeats"
     BUS_SUSPECT = "bus_suspect"
     BUS_RECOVERED = "bus_recovered"
+    CAPTURE_MODE = "capture_mode"  # first heard, or changed while not draining (section 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,12 @@ class CollectorRecord:
         if self.lifecycle == "deregistered" or self.liveness is Liveness.ALIVE:
             return self.lifecycle
         return self.liveness.value
+
+    @property
+    def capture_mode(self) -> str | None:
+        """``kernel`` or ``cycle`` from the last heartbeat (None: not heard, or version 1)."""
+        mode = self.metrics.get("capture_mode")
+        return mode if isinstance(mode, str) else None
 
     @property
     def watched(self) -> bool:
@@ -222,7 +229,10 @@ class Tracker:
         return None
 
     def _set_lifecycle(self, record: CollectorRecord, lifecycle: str) -> None:
-        if lifecycle == record.lifecycle:
+        # A boot's `draining` comes before its Deregister, but not always over the bus
+        # (different connections): once deregistered, a late `draining` is stale.
+        stale = record.lifecycle == "deregistered" and lifecycle == "draining"
+        if lifecycle == record.lifecycle or stale:
             return
         previous, record.lifecycle = record.lifecycle, lifecycle
         if lifecycle == "deregistered":
@@ -326,9 +336,19 @@ class Tracker:
         state = heartbeat.state
         if state is not None and state != record.lifecycle:
             self._set_lifecycle(record, state)
+        previous_mode = record.capture_mode
         record.health = heartbeat.health_status
         record.reasons = heartbeat.reasons
         record.metrics = heartbeat.metrics
+        # A draining collector has stopped collecting and says ``cycle``: not news.
+        mode = record.capture_mode
+        if mode is not None and mode != previous_mode and record.lifecycle != "draining":
+            self._emit(
+                EventKind.CAPTURE_MODE,
+                collector_id,
+                capture_mode=mode,
+                previous=previous_mode,
+            )
 
     # -- the timer ------------------------------------------------------------
 

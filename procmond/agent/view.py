@@ -2,9 +2,12 @@
 
 Both views take the tracker's events as they happen (:meth:`events`) and run
 a loop until the stop event (:meth:`run`). :class:`JsonLines` writes one
-object per notable change: ``{"timestamp", "event", "collector_id", ...}``.
+object per notable change: ``{"timestamp", "event", "collector_id", ...}``
+(``capture_mode`` events carry ``capture_mode`` and ``previous``).
 :class:`LiveTable` redraws at most ``REDRAW_S`` apart, worst collectors first,
-with the latest few events underneath.
+with the latest few events underneath; its CAPTURE column is each collector's
+``capture_mode`` from its last heartbeat (``kernel`` or ``cycle``, protocol
+section 9; ``-`` before the first heartbeat or from a version 1 collector).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ REDRAW_S: Final = 0.5
 #: Latest events shown under the table.
 RECENT_EVENTS: Final = 5
 _SEVERITY: Final = {"failed": 0, "suspect": 1, "late": 2}
-_COLUMNS: Final = ("ID", "STATE", "HEALTH", "LAST BEAT", "SEQ", "LOST", "EVENTS", "BUFFER %")
+_COLUMNS: Final = (
+    "ID", "STATE", "HEALTH", "CAPTURE", "LAST BEAT", "SEQ", "LOST", "EVENTS", "BUFFER %",
+)  # fmt: skip
 
 
 def event_line(event: AgentEvent, timestamp: str | None = None) -> str:
@@ -85,6 +90,7 @@ def _row(record: CollectorRecord, now: float) -> tuple[str, ...]:
         record.collector_id,
         record.state,
         _cell(record.health),
+        _cell(record.capture_mode),
         age,
         str(record.sequence),
         str(record.lost),
