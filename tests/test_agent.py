@@ -19,6 +19,7 @@ from e2e_support import daemon, new_id
 from hypothesis import given
 from hypothesis import strategies as st
 
+from procmond.agent.main import run_agent
 from procmond.agent.schemas import HeartbeatFields
 from procmond.agent.service import (
     HEARTBEAT_PATTERN,
@@ -28,7 +29,6 @@ from procmond.agent.service import (
     Liveness,
     Registration,
     Tracker,
-    run_agent,
 )
 from procmond.agent.view import LiveTable, event_line, table_lines
 from procmond.bus.memory import MemoryBroker, MemoryBus

@@ -22,18 +22,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import churn_child, daemon, new_id, poll
 
-from procmond.agent.service import Agent, Tracker
-from procmond.bus.redis import ConnectionStatus, RedisBus
 from procmond.embedded import RedisServer
-from procmond.metrics.agent import AgentEndpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.timeout(90)]
 
@@ -141,31 +139,22 @@ def metric_names(exposition: str) -> set[str]:
     }
 
 
-@contextlib.asynccontextmanager
-async def metered_agent(url: str, port: int) -> AsyncIterator[Agent]:
-    """The reference agent with its metrics endpoint, assigning a short heartbeat interval.
-
-    In this process, as ``procmond agent --metrics-listen`` composes it (the
-    command's flag is wired in procmond/agent/service.py, not here).
-    """
-    bus = RedisBus(url, name="metrics-agent")
-    tracker = Tracker(assigned_interval_ms=HEARTBEAT_MS)
-    endpoint = AgentEndpoint(
-        tracker, lambda: bus.status is ConnectionStatus.CONNECTED, ("127.0.0.1", port)
-    )
-    agent = Agent(bus, tracker, on_events=endpoint.watching(lambda events: None))
-    stop = asyncio.Event()
-    await agent.start()
-    await bus.start()
-    runner = asyncio.create_task(agent.run(stop, tick_s=0.05))
+@contextlib.contextmanager
+def agent_process(url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``procmond agent --metrics-listen`` as an operator runs it, assigning a short interval."""
+    command = [sys.executable, "-m", "procmond.cli", "agent", "--redis-url", url, "--json",
+               "--heartbeat-interval-ms", str(HEARTBEAT_MS),
+               "--metrics-listen", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield agent
+        yield proc
     finally:
-        stop.set()
-        await runner
-        await agent.close()
-        await bus.close()
-        await endpoint.stop()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 async def test_prometheus_scrapes_the_collector_and_the_agent(
@@ -177,12 +166,12 @@ async def test_prometheus_scrapes_the_collector_and_the_agent(
     daemon_args = ("--metrics-listen", f"127.0.0.1:{daemon_port}",
                    "--heartbeat-interval-ms", str(HEARTBEAT_MS))  # fmt: skip
     jobs = {"procmond": f"127.0.0.1:{daemon_port}", "procmond-agent": f"127.0.0.1:{agent_port}"}
-    async with metered_agent(fresh_redis.url, agent_port):
-        with (
-            daemon(tmp_path, fresh_redis.url, cid, extra_args=daemon_args) as proc,
-            running_prometheus(tmp_path, jobs) as prom,
-        ):
-            await scraped_and_read_back(prom, jobs, cid, proc.pid)
+    with (
+        agent_process(fresh_redis.url, agent_port),
+        daemon(tmp_path, fresh_redis.url, cid, extra_args=daemon_args) as proc,
+        running_prometheus(tmp_path, jobs) as prom,
+    ):
+        await scraped_and_read_back(prom, jobs, cid, proc.pid)
 
 
 async def scraped_and_read_back(prom: str, jobs: dict[str, str], cid: str, pid: int) -> None:

@@ -72,8 +72,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import signal
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -92,7 +90,7 @@ from procmond.agent.tracker import (
     Registration,
     Tracker,
 )
-from procmond.bus.redis import Bus, BusError, ConnectionStatus, RedisBus
+from procmond.bus.redis import Bus, BusError, ConnectionStatus
 from procmond.protocol import IDENTIFIER, MAX_MESSAGE_BYTES, ErrorCategory, Status
 from procmond.schemas import (
     PayloadError,
@@ -124,7 +122,6 @@ __all__ = [
     "Liveness",
     "Registration",
     "Tracker",
-    "run_agent",
 ]
 
 log = logging.getLogger("procmond.agent")
@@ -363,46 +360,3 @@ def _registration(client_id: str, payload: dict[str, Any] | None) -> Registratio
 
 
 # -- the command ----------------------------------------------------------------
-
-
-async def run_agent(
-    url: str,
-    *,
-    json_output: bool,
-    heartbeat_interval_ms: int | None,
-    service_id: str = "agent",
-    stop: asyncio.Event | None = None,
-) -> int:
-    """``procmond agent``: run until ``stop`` is set (or SIGINT/SIGTERM); returns 0."""
-    from procmond.agent.view import JsonLines, LiveTable
-
-    stop = stop or asyncio.Event()
-    tracker = Tracker(assigned_interval_ms=heartbeat_interval_ms)
-    view: JsonLines | LiveTable
-    if json_output or not sys.stdout.isatty():
-        view = JsonLines(sys.stdout)
-    else:
-        view = LiveTable(sys.stdout)
-    bus = RedisBus(url, name=f"procmond-{service_id}")
-    agent = Agent(bus, tracker, on_events=view.events, service_id=service_id)
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests): the caller's stop event rules
-    try:
-        await agent.start()
-        await bus.start()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(agent.run(stop), name="agent-timer")
-            tasks.create_task(view.run(agent, stop), name="agent-view")
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-        await agent.close()
-        await bus.close()
-        view.close()
-    return 0

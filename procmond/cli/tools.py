@@ -125,12 +125,20 @@ def watch_command(
     show_default=True,
     help="The service_id of this agent's answers.",
 )
+@click.option(
+    "--metrics-listen",
+    envvar="PROCMOND_AGENT_METRICS_LISTEN",
+    metavar="HOST:PORT",
+    help="Serve the fleet's Prometheus metrics at http://HOST:PORT/metrics (default: off; "
+    "port 0 picks a free one).",
+)
 def agent_command(
     redis_url: str | None,
     data_dir: str | None,
     json_output: bool,
     heartbeat_interval_ms: int | None,
     service_id: str,
+    metrics_listen: str | None,
 ) -> None:
     """Run the reference agent: answer registrations, watch heartbeats.
 
@@ -139,27 +147,39 @@ def agent_command(
     lost, events, buffer %). Off a terminal or with --json: one JSON object
     per notable change (registered, rejected, discovered, state, late,
     failed, recovered, deregistered, lost_heartbeats, bus_suspect,
-    bus_recovered). Exit 0 on SIGINT/SIGTERM, 2 when no Redis is found.
+    bus_recovered). Exit 0 on SIGINT/SIGTERM, 2 when no Redis is found, 3 when
+    --metrics-listen cannot be bound.
     """
     import asyncio
 
-    from procmond.agent.service import run_agent
+    from procmond.agent.main import run_agent
+    from procmond.config import parse_listen
     from procmond.discovery import NO_REDIS_MESSAGE, discover_redis_url
 
+    listen = None
+    if metrics_listen:
+        try:
+            listen = parse_listen(metrics_listen)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics-listen") from exc
     url = redis_url or discover_redis_url(Path(data_dir) if data_dir else None)
     if url is None:
         click.echo(f"procmond: {NO_REDIS_MESSAGE}", err=True)
         sys.exit(2)
-    sys.exit(
-        asyncio.run(
+    try:
+        status = asyncio.run(
             run_agent(
                 url,
                 json_output=json_output,
                 heartbeat_interval_ms=heartbeat_interval_ms,
                 service_id=service_id,
+                metrics_listen=listen,
             )
         )
-    )
+    except OSError as exc:  # the metrics address could not be bound
+        click.echo(f"procmond: cannot serve metrics at {metrics_listen}: {exc}", err=True)
+        sys.exit(3)
+    sys.exit(status)
 
 
 @click.command()
