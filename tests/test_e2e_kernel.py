@@ -4,6 +4,7 @@ shell, against a real ``procmond run`` over a real redis-server (protocol sectio
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,39 @@ async def test_without_kernel_events_the_cycle_collects_alone(
             after = await agent.call(cid, "HealthCheck", None)
             assert after["payload"]["metrics"]["capture_mode"] == "kernel"
             assert "capture mode cycle: kernel_events is off" in proc.stderr_text()
+
+
+def reader_children(daemon_pid: int) -> list[int]:
+    """The daemon's kernel reader children (``python -m procmond.collect.kernel_process``)."""
+    found = subprocess.run(
+        ["pgrep", "-P", str(daemon_pid), "-f", "procmond.collect.kernel_process"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+async def test_a_dead_reader_child_is_counted_and_replaced(
+    tmp_path: Path, fresh_redis: RedisServer
+) -> None:
+    """SIGKILL the kernel reader child: the loss is counted (HealthCheck), a new reader
+    starts, and the daemon stays in kernel mode and collects what comes next."""
+    cid = new_id()
+    async with running_agent(fresh_redis.url) as agent:
+        with daemon(tmp_path, fresh_redis.url, cid) as proc:
+            await agent.wait_for_state(cid, "ready", timeout=15)
+            (first,) = reader_children(proc.pid)
+            os.kill(first, signal.SIGKILL)
+            health = await poll(
+                lambda: agent.call(cid, "HealthCheck", None),
+                lambda h: (
+                    h["payload"]["metrics"]["kernel_events_lost"] >= 1
+                    and bool(reader_children(proc.pid))
+                ),
+                timeout=30,
+                every=0.2,
+            )
+            assert health["payload"]["metrics"]["capture_mode"] == "kernel"
+            assert reader_children(proc.pid) != [first]
+            assert "the kernel event reader ended unexpectedly" in proc.stderr_text()

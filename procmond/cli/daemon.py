@@ -75,7 +75,7 @@ __all__ = ["run"]
     envvar="PROCMOND_KERNEL_EVENTS",
     default=None,
     help="Listen to the kernel's fork/exec/exit events (netlink process connector; "
-    "needs root in the initial namespaces), with cycles as reconciler (default on). "
+    "run as root in the initial namespaces), with cycles as reconciler (default on). "
     "Off, or where the kernel refuses: cycles alone.",
 )
 @click.option(

@@ -75,6 +75,7 @@ class KernelProcess(ReaderState):
         self._lock = threading.Lock()
         self._child_lost = 0
         self._ended_early = 0
+        self._eof = False
         self._lost_reported = 0
         #: Records delivered.
         self.received = 0
@@ -82,12 +83,23 @@ class KernelProcess(ReaderState):
         self.rcvbuf = 0
 
     @property
+    def running(self) -> bool:
+        """Whether the child is read and has not ended."""
+        return not self._eof and super().running
+
+    @property
     def lost(self) -> int:
         """Events the kernel dropped (the child's count), plus one if the child died."""
         return self._child_lost + self._ended_early
 
     def start(self) -> None:
-        """Start the child; :class:`KernelUnavailable` with its reason when it cannot listen."""
+        """Start the child and wait until it listens (:class:`KernelUnavailable` says why not)."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the child, at once. Call it from a thread that lives as long as the child
+        (the death signal fires when the forking thread ends): the daemon's main thread."""
         parent = os.getpid()
         child = subprocess.Popen(
             [*self._command, str(self._rcvbuf_bytes)],
@@ -96,15 +108,24 @@ class KernelProcess(ReaderState):
             start_new_session=True,
             preexec_fn=lambda: death_signal_preexec(parent),
         )
+        self._child = child
+
+    def wait_ready(self) -> None:
+        """Block until the child listens (it imports and binds: ~0.4 s); then read it.
+
+        Raises :class:`KernelUnavailable` with the child's reason. Call it off the event
+        loop: nothing else would be served meanwhile."""
+        child = self._child
+        assert child is not None, "spawn() first"
         assert child.stdout is not None
         first = _first_line(child.stdout, self._start_timeout)
         hello = json.loads(first) if first else {}
         if "ready" not in hello:
+            self._child = None
             _end(child)
             reason = hello.get("unavailable") or "the kernel reader process did not start"
             raise KernelUnavailable(str(reason))
         self.rcvbuf = int(hello["ready"])
-        self._child = child
         self._thread = threading.Thread(
             target=self._read, args=(child.stdout,), name="procmond-kernel-pipe", daemon=True
         )
@@ -137,9 +158,11 @@ class KernelProcess(ReaderState):
                 self.received += len(records)
             if records:
                 self._deliver(records)
+        self._eof = True
         if self._child is not None:  # ended without stop(): whatever came after is lost
             with self._lock:
                 self._ended_early += 1
+            self._deliver([])  # wakes the daemon's merger, which sees the loss and the end
 
 
 def _record(fields: dict[str, Any]) -> KernelRecord:

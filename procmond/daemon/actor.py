@@ -50,10 +50,11 @@ from fsm import (
 )
 from procmond.bus.types import Bus
 from procmond.collect.collector import ProcessCollector
-from procmond.daemon.collection import Collection, KernelFactory
+from procmond.daemon.collection import Collection
 from procmond.daemon.drain import answer_drained, drain
 from procmond.daemon.effects import Performer, Service
 from procmond.daemon.health import health_payload
+from procmond.daemon.kernel_capture import KernelFactory
 from procmond.daemon.mailbox import DEFAULT_MAILBOX_SIZE, Envelope, Mailbox
 from procmond.daemon.messages import (
     BusRestored,

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 from procmond.collect.collector import CollectorSettings, ProcessCollector
-from procmond.collect.kernel import KernelRecord, KernelUnavailable
+from procmond.daemon.kernel_capture import KernelCapture, KernelFactory
 from procmond.daemon.messages import CollectTick, Message, UpdateConfig
 from procmond.daemon.readiness import Counter
 from procmond.errors import Refused
@@ -63,23 +63,6 @@ BACKPRESSURE_FACTOR: Final = 4.0
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
-class KernelFeed(Protocol):
-    """What the collection needs of a kernel source (KernelSource, KernelProcess)."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def lost_since_last(self) -> int: ...
-
-
-#: Builds the kernel source with the callback its reader thread delivers to.
-KernelFactory = Callable[[Callable[[list[KernelRecord]], None]], KernelFeed]
-#: How long kernel records may wait to be logged together (issue 10: exec -> Redis
-#: p50 <= 20 ms leaves room for it).
-KERNEL_COALESCE_S: Final = 0.01
-#: How long stopping waits for kernel records already received to be logged.
-KERNEL_FLUSH_S: Final = 5.0
-
-
 def collector_settings(config: CollectorConfig) -> CollectorSettings:
     """The collector's view of the configuration."""
     return CollectorSettings(
@@ -100,29 +83,19 @@ class Collection:
         kernel: KernelFactory | None = None,
     ) -> None:
         self._config = config
-        self._kernel_factory = kernel
-        self._kernel: KernelFeed | None = None
-        self._kernel_inbox: list[KernelRecord] = []
-        self._kernel_wake = asyncio.Event()
-        self._merger: asyncio.Task[None] | None = None
-        self._merging = False
         self._ticker: asyncio.Task[None] | None = None
-        self._spawn: Spawn | None = None
-        self._tell: Callable[[Message], bool] | None = None
-        #: Protocol section 9: ``kernel`` while the kernel source runs, else ``cycle``.
-        self.capture_mode: Literal["kernel", "cycle"] = "cycle"
-        self.capture_reason = "not collecting"
-        self.kernel_events = 0
-        self.kernel_events_lost = 0
-        self.partial_events = 0
-        #: When the kernel last reported a loss (``time.monotonic``), for health.
-        self.last_kernel_loss: float | None = None
-        #: Kernel batches logged (readiness: "kernel events merged").
-        self.kernel_batches = Counter()
         self._config_version = 1
         self._collector = collector
         self._pipeline = pipeline
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procmond-collect")
+        #: The kernel's process events (protocol section 9), merged on this thread.
+        self.kernel = KernelCapture(
+            kernel,
+            lambda: self._config.kernel_events,
+            lambda records: collector.apply_kernel(records),  # looked up when used
+            self._thread,
+            pipeline,
+        )
         self._cycle: asyncio.Task[None] | None = None
         self._tick_wake = asyncio.Event()
         self._backpressure = False
@@ -155,112 +128,50 @@ class Collection:
         """True while a cycle runs."""
         return self._cycle is not None
 
+    # Protocol section 9's figures, read by health and metrics.
+    @property
+    def capture_mode(self) -> Literal["kernel", "cycle"]:
+        """``kernel`` while the kernel source runs, else ``cycle``."""
+        return self.kernel.mode
+
+    @property
+    def kernel_events(self) -> int:
+        """Kernel records received."""
+        return self.kernel.received
+
+    @property
+    def kernel_events_lost(self) -> int:
+        """Kernel events lost (dropped by the kernel, or a dead reader)."""
+        return self.kernel.lost
+
+    @property
+    def partial_events(self) -> int:
+        """Events sent partial (the process was gone before its details were read)."""
+        return self.kernel.partial
+
+    @property
+    def last_kernel_loss(self) -> float | None:
+        """When the last loss was seen (``time.monotonic``)."""
+        return self.kernel.last_loss
+
     def close(self) -> None:
         """Stop the kernel source and the worker thread (a cycle in progress is abandoned)."""
-        self._stop_kernel()
+        self.kernel.close()
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     # -- the ``collect`` activity ---------------------------------------------
 
     async def start_collecting(self, spawn: Spawn, tell: Callable[[Message], bool]) -> None:
         """Activity ``collect`` starts: the ticker, and the kernel source where it can run."""
-        self._spawn, self._tell = spawn, tell
         self._ticker = spawn(self.ticker(tell), "procmond-ticker")
-        self._merger = spawn(self._merge_kernel_records(), "procmond-kernel-merge")
-        self._start_kernel()
+        await self.kernel.start(spawn, tell)
 
     async def stop_collecting(self) -> None:
         """Activity ``collect`` stops: no more ticks; kernel records received are logged."""
         if self._ticker is not None:
             self._ticker.cancel()
-        self._stop_kernel()
-        # The reader's last batches were handed to the loop (call_soon_threadsafe) before
-        # stop returned: let those callbacks queue them before looking at the inbox.
-        await asyncio.sleep(0)
-        merger, self._merger = self._merger, None
-        if merger is not None:
-            self._kernel_wake.set()
-            try:
-                async with asyncio.timeout(KERNEL_FLUSH_S):
-                    while self._kernel_inbox or self._merging:
-                        await self.kernel_batches.next(KERNEL_FLUSH_S)
-            except TimeoutError:
-                log.warning("kernel events still unlogged when collection stopped")
-            merger.cancel()
-        self.capture_mode, self.capture_reason = "cycle", "not collecting"
-
-    def _start_kernel(self) -> None:
-        if self._kernel is not None:
-            return
-        if not self._config.kernel_events:
-            self._mode("cycle", "kernel_events is off in the configuration")
-            return
-        if self._kernel_factory is None:
-            self._mode("cycle", "no kernel event source in this build of the daemon")
-            return
-        loop = asyncio.get_running_loop()
-
-        def deliver(batch: list[KernelRecord]) -> None:  # on the reader thread
-            loop.call_soon_threadsafe(self._kernel_batch, batch)
-
-        source = self._kernel_factory(deliver)
-        try:
-            source.start()
-        except KernelUnavailable as exc:
-            self._mode("cycle", f"the kernel refused process events: {exc.reason}")
-            return
-        self._kernel = source
-        self._mode("kernel", "netlink process connector: every fork, exec and exit")
-
-    def _stop_kernel(self) -> None:
-        source, self._kernel = self._kernel, None
-        if source is not None:
-            source.stop()
-
-    def _mode(self, mode: Literal["kernel", "cycle"], why: str) -> None:
-        self.capture_mode, self.capture_reason = mode, why
-        log.info("capture mode %s: %s", mode, why)
-
-    def _kernel_batch(self, batch: list[KernelRecord]) -> None:
-        """On the loop, from the reader thread: queue a batch for the merger."""
-        self._kernel_inbox.extend(batch)
-        self._kernel_wake.set()
-
-    async def _merge_kernel_records(self) -> None:
-        """Fold queued kernel records into the collector on its thread, log their events."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._kernel_wake.wait()
-            if not self._kernel_inbox:
-                self._kernel_wake.clear()
-                continue
-            # Let a storm's records gather: every batch costs a log fsync and an XADD
-            # round trip, ~1 ms, which one record at a time cost more than the exec.
-            await asyncio.sleep(KERNEL_COALESCE_S)
-            self._kernel_wake.clear()
-            records, self._kernel_inbox = self._kernel_inbox, []
-            self._merging = True
-            try:
-                self.kernel_events += len(records)
-                batch = await loop.run_in_executor(
-                    self._thread, self._collector.apply_kernel, records
-                )
-                self.partial_events += batch.partial
-                await self._pipeline.submit(batch.events)
-            finally:
-                self._merging = False
-                self.kernel_batches.add()
-            self._check_kernel_loss()
-
-    def _check_kernel_loss(self) -> None:
-        source = self._kernel
-        lost = source.lost_since_last() if source is not None else 0
-        if lost:
-            self.kernel_events_lost += lost
-            self.last_kernel_loss = time.monotonic()
-            log.warning("the kernel dropped %d process events: a cycle resyncs now", lost)
-            if self._tell is not None:
-                self._tell(CollectTick())
+            self._ticker = None
+        await self.kernel.stop()
 
     # -- the ticker (activity ``collect``) ----------------------------------
 
@@ -361,7 +272,10 @@ class Collection:
             await self.boundary()
         changed = changed_fields(self._config, new)
         if changed and not message.validate_only:
+            kernel_events_changed = new.kernel_events != self._config.kernel_events
             self._apply(new)
+            if kernel_events_changed:
+                await self.kernel.switch(new.kernel_events)
         return UpdateConfigResult(
             config_version=self._config_version,
             changed_fields=changed,
@@ -371,12 +285,6 @@ class Collection:
     def _apply(self, new: CollectorConfig) -> None:
         old = self._config
         self._config = new
-        if new.kernel_events != old.kernel_events and self._ticker is not None:
-            if new.kernel_events:
-                self._start_kernel()
-            else:
-                self._stop_kernel()
-                self._mode("cycle", "kernel_events turned off by UpdateConfig")
         self._config_version += 1
         self._collector.update_settings(collector_settings(new))
         self._pipeline.set_batch_size(new.max_events_in_flight)

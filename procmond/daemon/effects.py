@@ -115,6 +115,8 @@ class Performer:
         elif action is Action.SEND_DEREGISTER:
             for service in self.services:
                 await service.settle(ANSWERS_SETTLE_S)
+            # The `draining` announcement goes out before the Deregister (another connection).
+            await self.publisher.flush(ANSWERS_SETTLE_S)
             report = self.report()
             if report is not None:
                 await registrar.deregister(report)

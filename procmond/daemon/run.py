@@ -65,7 +65,10 @@ log = logging.getLogger("procmond")
 
 def _say(message: str) -> None:
     """A line for the operator on stderr, whatever the log format."""
-    print(f"procmond: {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"procmond: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is gone (a closed pipe): a signal must still reach the actor
 
 
 class Daemon:
