@@ -28,6 +28,7 @@ Exit codes: see :data:`EXIT_CODES`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -65,10 +66,9 @@ log = logging.getLogger("procmond")
 
 def _say(message: str) -> None:
     """A line for the operator on stderr, whatever the log format."""
-    try:
+    # stderr may be gone (a closed pipe): a signal must still reach the actor.
+    with contextlib.suppress(OSError, ValueError):
         print(f"procmond: {message}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass  # stderr is gone (a closed pipe): a signal must still reach the actor
 
 
 class Daemon:
