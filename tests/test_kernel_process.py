@@ -4,6 +4,7 @@ run, and never outlives its stop."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -119,3 +120,19 @@ def test_the_child_dies_with_a_killed_daemon_even_while_busy() -> None:
     if alive:  # leave nothing behind even when failing
         os.kill(child, 9)
     assert not alive
+
+
+@root_only
+@pytest.mark.parametrize("attempt", range(5))
+def test_the_child_ends_on_sigterm_while_idle(attempt: int) -> None:
+    """SIGTERM (what stop() and the death signal send) ends an idle child within seconds:
+    its handler takes no lock (an Event.set in it deadlocked against the main thread's wait)."""
+    source = KernelProcess(lambda batch: None)
+    source.start()
+    child = source._child
+    assert child is not None
+    try:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=5) == 0
+    finally:
+        source.stop()

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any, Final
 
@@ -204,8 +205,15 @@ def main(argv: list[str]) -> int:
         out.write(json.dumps({"unavailable": exc.reason}).encode() + b"\n")
         out.flush()
         return 0
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
+    # A plain flag, not an Event: the handler runs in the main thread, possibly while
+    # it holds an Event's lock (Event.set there deadlocked: a py-spy dump of an orphaned
+    # child showed the handler waiting for the lock its own wait() held).
+    done = [False]
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        done[0] = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     out.write(json.dumps({"ready": source.rcvbuf}).encode() + b"\n")
     out.flush()
@@ -227,18 +235,16 @@ def main(argv: list[str]) -> int:
                 out.write(line.encode("utf-8", "surrogateescape") + b"\n")
                 out.flush()
             except BrokenPipeError:
-                done.set()
+                done[0] = True
                 return
 
     writer = threading.Thread(target=write, name="procmond-kernel-write", daemon=True)
     writer.start()
     parent = os.getppid()
-    # Wake now and then: a signal may be delivered to the reader or the writer thread,
-    # and Python runs its handler only when the main thread runs (an orphan was left
-    # behind by a SIGTERM that never woke a main thread blocked in wait()). The parent
-    # check covers a death signal that never came.
-    while not done.wait(MAIN_WAKE_S) and os.getppid() == parent:
-        pass
+    # Wake now and then: the handler only sets a flag, and the parent check covers a
+    # death signal that never came.
+    while not done[0] and os.getppid() == parent:
+        time.sleep(MAIN_WAKE_S)
     source.stop()
     outbox.put(None)
     writer.join(STOP_TIMEOUT_S)
