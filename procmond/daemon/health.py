@@ -75,6 +75,26 @@ def assess(inputs: HealthInputs) -> tuple[HealthStatus, list[str]]:
     return HealthStatus.HEALTHY, []
 
 
+def health_inputs(
+    state: State,
+    connection: ConnectionStatus,
+    collection: Collection,
+    pipeline: EventPipeline,
+    loss_window_s: float,
+) -> HealthInputs:
+    """What the verdict is computed from, read off the daemon's parts now."""
+    return HealthInputs(
+        state=state,
+        connection_status=connection.value,
+        buffer_level_percent=pipeline.level_percent,
+        consecutive_failed_cycles=collection.consecutive_failures,
+        last_cycle_failed=collection.last_cycle_failed,
+        wal_near_cap=pipeline.wal.usage_fraction >= WAL_NEAR_CAP,
+        wal_error=collection.wal_error,
+        kernel_loss=_recent_loss(collection, loss_window_s),
+    )
+
+
 def health_payload(
     identity: Identity,
     state: State,
@@ -88,18 +108,8 @@ def health_payload(
     loss_window_s: float,
 ) -> HealthPayload:
     """The HealthCheck answer payload (protocol section 6), from one assessment."""
-    status, reasons = assess(
-        HealthInputs(
-            state=state,
-            connection_status=connection.value,
-            buffer_level_percent=pipeline.level_percent,
-            consecutive_failed_cycles=collection.consecutive_failures,
-            last_cycle_failed=collection.last_cycle_failed,
-            wal_near_cap=pipeline.wal.usage_fraction >= WAL_NEAR_CAP,
-            wal_error=collection.wal_error,
-            kernel_loss=_recent_loss(collection, loss_window_s),
-        )
-    )
+    inputs = health_inputs(state, connection, collection, pipeline, loss_window_s)
+    status, reasons = assess(inputs)
     return HealthPayload(
         collector_id=identity.collector_id,
         boot_id=identity.boot_id,

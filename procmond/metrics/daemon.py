@@ -17,7 +17,6 @@ The metric list with each meaning is in docs/operations.md ("Prometheus").
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
@@ -25,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 from fsm import State
 from procmond.bus.types import Bus
 from procmond.daemon.actor import ProcmondMonitorCollector
-from procmond.daemon.health import WAL_NEAR_CAP, HealthInputs, assess
+from procmond.daemon.health import assess, health_inputs
 from procmond.metrics.families import counter, gauge, histogram, one_hot
 from procmond.metrics.recorders import CYCLE_BUCKETS_S, Buckets, RpcRecorder
 from procmond.protocol import ConnectionStatus, HealthStatus
@@ -104,24 +103,9 @@ class DaemonMetrics:
 
     def _health(self, state: State, status: ConnectionStatus) -> HealthStatus:
         """The verdict HealthCheck would give now (the same pure rules)."""
-        collection = self._actor.collection
-        pipeline = self._pipeline
         window_s = self._actor.registrar.heartbeat_interval_ms / 1000
-        last_loss = collection.last_kernel_loss
-        recent = last_loss is not None and time.monotonic() - last_loss <= window_s
-        verdict, _ = assess(
-            HealthInputs(
-                state=state,
-                connection_status=status.value,
-                buffer_level_percent=pipeline.level_percent,
-                consecutive_failed_cycles=collection.consecutive_failures,
-                last_cycle_failed=collection.last_cycle_failed,
-                wal_near_cap=pipeline.wal.usage_fraction >= WAL_NEAR_CAP,
-                wal_error=collection.wal_error,
-                kernel_loss=collection.kernel_events_lost if recent else 0,
-            )
-        )
-        return verdict
+        inputs = health_inputs(state, status, self._actor.collection, self._pipeline, window_s)
+        return assess(inputs)[0]
 
     def _collection(self) -> Iterator[Metric]:
         c = self._actor.collection
