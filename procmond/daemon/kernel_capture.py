@@ -155,10 +155,14 @@ class KernelCapture:
         except OSError as exc:
             self._mode("cycle", f"the kernel reader could not start: {exc}")
             return
+        except asyncio.CancelledError:
+            source.stop()  # stopped while it started: leave no reader behind
+            raise
         self._source = source
         self._mode("kernel", "netlink process connector: every fork, exec and exit")
 
     def close(self) -> None:
+        """Stop the source at once (the daemon is ending; off the loop or not)."""
         source, self._source = self._source, None
         if source is not None:
             source.stop()
