@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import psutil
 
+from bench import wire
 from bench.common import (
     MEASUREMENT_ERRORS,
     metric,
@@ -91,10 +92,7 @@ def import_times(runs: int) -> dict[str, Any]:
 
 def health(caller: Caller) -> dict[str, Any]:
     """One HealthCheck payload."""
-    topic = collector_topic(COLLECTOR_ID)
-    request_id, data = request("HealthCheck", None, client_id=CLIENT_ID, target=topic)
-    payload: dict[str, Any] = json.loads(caller.call(topic, data, request_id.encode()))["payload"]
-    return payload
+    return wire.health(caller, COLLECTOR_ID, CLIENT_ID)
 
 
 def _cpu_s(proc: psutil.Process) -> float:

@@ -49,6 +49,7 @@ from typing import Any, Final
 import psutil
 import redis
 
+from bench import wire
 from bench.common import (
     MEASUREMENT_ERRORS,
     metric,
@@ -60,7 +61,7 @@ from bench.common import (
     summarize_ms,
     wait_until,
 )
-from bench.wire import Caller, MinimalAgent, collector_topic, request, response_topic
+from bench.wire import Caller, MinimalAgent, response_topic
 
 CLIENT_ID: Final = "bench-kernel"
 EXEC_STREAM: Final = "events.process.exec"
@@ -132,11 +133,7 @@ def children_cpu_s() -> float:
 
 def health(caller: Caller, collector_id: str) -> dict[str, Any]:
     """One HealthCheck answer's payload."""
-    topic = collector_topic(collector_id)
-    request_id, data = request("HealthCheck", None, client_id=CLIENT_ID, target=topic)
-    reply = json.loads(caller.call(topic, data, request_id.encode()))
-    payload: dict[str, Any] = reply.get("payload") or {}
-    return payload
+    return wire.health(caller, collector_id, CLIENT_ID)
 
 
 def wait_settled(caller: Caller, collector_id: str, timeout: float = 60.0) -> None:

@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from bench import wire
 from bench.common import (
     metric,
     private_redis,
@@ -104,11 +105,7 @@ def interleave(
 
 def health(caller: Caller, collector_id: str) -> dict[str, Any]:
     """One HealthCheck answer's payload."""
-    topic = collector_topic(collector_id)
-    request_id, data = request("HealthCheck", None, client_id=CLIENT_ID, target=topic)
-    reply = json.loads(caller.call(topic, data, request_id.encode()))
-    payload: dict[str, Any] = reply.get("payload") or {}
-    return payload
+    return wire.health(caller, collector_id, CLIENT_ID)
 
 
 def wait_settled(caller: Caller, collector_id: str, cycles: int, timeout: float) -> None:

@@ -263,3 +263,12 @@ class MinimalAgent:
         self._redis.publish(
             response_topic(str(body.get("client_id"))), json.dumps(response).encode()
         )
+
+
+def health(caller: Caller, collector_id: str, client_id: str) -> dict[str, Any]:
+    """One HealthCheck answer's payload (empty when the answer has none)."""
+    topic = collector_topic(collector_id)
+    request_id, data = request("HealthCheck", None, client_id=client_id, target=topic)
+    reply = json.loads(caller.call(topic, data, request_id.encode()))
+    payload: dict[str, Any] = reply.get("payload") or {}
+    return payload
