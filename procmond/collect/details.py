@@ -18,6 +18,8 @@ from typing import Final
 
 import psutil
 
+from procmond.collect.text import MAX_CMDLINE_BYTES, bounded_cmdline, decode_comm, long_name
+
 __all__ = [
     "MAX_CMDLINE_BYTES",
     "ExeHashes",
@@ -28,14 +30,6 @@ __all__ = [
     "read_args_and_exe",
 ]
 
-# The kernel truncates comm to 15 bytes; psutil then takes the cmdline's
-# basename when it starts with comm. We do the same so names match psutil's.
-_COMM_MAX: Final = 15
-#: A command line is stored up to this many bytes (UTF-8, a byte per separator),
-#: then cut, with a last element saying how much was left out. Linux allows
-#: several MiB of arguments; uncut, one process could make an event bigger than
-#: the whole write-ahead log (1 MiB at the least) and pause collection for good.
-MAX_CMDLINE_BYTES: Final = 64 * 1024
 _HASH_CHUNK: Final = 1 << 20
 # Distinct executables on one host number in the hundreds; the bound only
 # keeps a pathological host (many rebuilt binaries) from growing it forever.
@@ -55,43 +49,6 @@ def read_args_and_exe(pid: int) -> tuple[list[str], str | None]:
         except (psutil.AccessDenied, psutil.ZombieProcess):
             exe = None
     return args, exe
-
-
-def long_name(comm: bytes, args: list[str]) -> str:
-    """The process name as psutil gives it: comm, or the cmdline's basename it was cut from."""
-    name = decode_comm(comm)
-    if len(name) >= _COMM_MAX and args:
-        basename = os.path.basename(args[0])
-        if basename.startswith(name):
-            name = basename
-    return name
-
-
-def decode_comm(comm: bytes) -> str:
-    """The kernel's comm as text (it is bytes; invalid UTF-8 is replaced, as psutil does)."""
-    return comm.decode("utf-8", "replace")
-
-
-def bounded_cmdline(args: list[str], limit: int = MAX_CMDLINE_BYTES) -> tuple[str, ...]:
-    """``args`` if they fit in ``limit`` bytes, else the head that fits plus a marker
-    ``"[N bytes truncated]"`` (N counts what was left out, separators included)."""
-    sizes = [len(arg.encode("utf-8", "surrogateescape")) + 1 for arg in args]
-    total = sum(sizes)
-    if total <= limit:
-        return tuple(args)
-    kept: list[str] = []
-    room = limit
-    for arg, size in zip(args, sizes, strict=True):
-        if size > room:
-            if room > 1:
-                head = arg.encode("utf-8", "surrogateescape")[: room - 1]
-                kept.append(head.decode("utf-8", "ignore"))
-            break
-        kept.append(arg)
-        room -= size
-    used = sum(len(arg.encode("utf-8", "surrogateescape")) + 1 for arg in kept)
-    kept.append(f"[{total - used} bytes truncated]")
-    return tuple(kept)
 
 
 class UserNames:

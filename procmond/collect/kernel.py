@@ -73,7 +73,6 @@ from procmond.collect.kernel_decode import (
     make_record,
     refusal_reason,
 )
-from procmond.collect.scan import PROC
 
 __all__ = [
     "BATCH_MAX",
@@ -102,6 +101,8 @@ _JOIN_TIMEOUT_S: Final = 2.0
 READER_RT_PRIORITY: Final = 1
 READER_NICE: Final = -20
 _SO_RCVBUFFORCE: Final = 33  # <asm-generic/socket.h>; Python has no constant for it
+#: Where the kernel shows processes (the collector's scan reads the same).
+PROC: Final = "/proc"
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _CMDLINE_CHUNK: Final = 16 * 1024
 _DELETED: Final = " (deleted)"

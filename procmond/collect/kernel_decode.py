@@ -40,8 +40,8 @@ import threading
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from procmond.collect.details import bounded_cmdline, decode_comm
 from procmond.collect.redact import redact_cmdline
+from procmond.collect.text import bounded_cmdline, decode_comm
 
 __all__ = [
     "CN_IDX_PROC",
