@@ -16,7 +16,8 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -57,16 +58,20 @@ class RpcRequest(BaseModel):
     deadline: WireTime
     correlation_id: RequestId | None = None
 
-    @model_validator(mode="after")
-    def _deadline_span(self) -> RpcRequest:
-        span = (self.deadline - self.timestamp).total_seconds()
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_span(cls, deadline: datetime, info: ValidationInfo) -> datetime:
+        timestamp = info.data.get("timestamp")
+        if timestamp is None:  # the timestamp's own error is reported
+            return deadline
+        span = (deadline - timestamp).total_seconds()
         if span > MAX_DEADLINE_SPAN_S:
             raise PydanticCustomError(
                 DEADLINE_SPAN_ERROR,
                 "deadline is {span_s} s after timestamp, more than the {limit_s} s allowed",
                 {"span_s": round(span), "limit_s": MAX_DEADLINE_SPAN_S},
             )
-        return self
+        return deadline
 
 
 class RpcErrorBody(Wire):
@@ -172,7 +177,7 @@ def _field_error(error: Any, document: Mapping[str, Any]) -> dict[str, Any]:
     loc = error["loc"]
     field = ".".join(str(p) for p in loc) or "request"
     if error["type"] == DEADLINE_SPAN_ERROR:
-        return {"field": "deadline", "message": error["msg"], **error.get("ctx", {})}
+        return {"field": field, "message": error["msg"], **error.get("ctx", {})}
     entry: dict[str, Any] = {"field": field, "message": error["msg"]}
     if error["type"] == "string_too_long" and len(loc) == 1:
         value = document.get(str(loc[0]))
