@@ -281,7 +281,7 @@ async def test_a_flooding_client_does_not_starve_another(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("assigned", "in_force"),
-    [(1, 50), (999, 50), (3_600_001, 50), (1000, 1000), (3_600_000, 3_600_000)],
+    [(0, 50), (1, 50), (999, 50), (3_600_001, 50), (1000, 1000), (3_600_000, 3_600_000)],
 )
 async def test_an_assigned_interval_outside_1000_to_3600000_ms_is_ignored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, assigned: int, in_force: int

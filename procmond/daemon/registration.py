@@ -278,7 +278,7 @@ class Registrar:
         answer assigning 1 ms made a collector send 1,263 heartbeats in 3 s
         (issue 11).
         """
-        if not assigned:
+        if assigned is None:
             return
         if MIN_HEARTBEAT_INTERVAL_MS <= assigned <= MAX_HEARTBEAT_INTERVAL_MS:
             self._interval_ms = assigned
