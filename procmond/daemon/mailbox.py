@@ -82,9 +82,9 @@ class Mailbox:
         self._held: collections.Counter[str] = collections.Counter()
         self._mail = asyncio.Event()
         self._closed = False
-        #: Requests answered BUSY because the mailbox was full.
+        #: Requests answered BUSY: the mailbox was full or their caller held its share.
         self.busy_total = 0
-        #: Requests answered BUSY because their caller held its whole share.
+        #: Of those, the ones answered BUSY because their caller held its whole share.
         self.share_busy_total = 0
         #: The most messages held when a request was admitted: at most ``size``
         #: (priority messages are not bounded and not counted).
@@ -106,6 +106,7 @@ class Mailbox:
         or when its caller already holds its share (a quarter of the mailbox)."""
         owner = caller_of(message)
         if not priority and owner is not None and self._held[owner] >= self.share:
+            self.busy_total += 1
             self.share_busy_total += 1
             if self.share_busy_total == 1 or self.share_busy_total % 100 == 0:
                 log.warning(
@@ -124,11 +125,10 @@ class Mailbox:
             )
         if not priority and len(self._queue) >= self.size:
             self.busy_total += 1
-            if self.busy_total == 1 or self.busy_total % 100 == 0:
+            full = self.busy_total - self.share_busy_total
+            if full == 1 or full % 100 == 0:
                 log.warning(
-                    "mailbox full (%d messages): answering BUSY (%d so far)",
-                    self.size,
-                    self.busy_total,
+                    "mailbox full (%d messages): answering BUSY (%d so far)", self.size, full
                 )
             raise Refused.busy(BUSY_RETRY_AFTER_MS)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
