@@ -44,8 +44,9 @@ MAX_ANSWER_ENTRIES: Final = 10_000
 #: 1.3 kB, most others under 700 B, so the count bound is usually the one
 #: reached; this one holds whatever the answers hold.
 MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024
-#: The Python objects of one entry beyond the key and answer bytes (the tuple,
-#: the future, the dict and deque slots): measured about 500 B, rounded up.
+#: The Python objects of one entry beyond the key and answer bytes (the
+#: future, the entry, the dict and heap slots): 483 B measured with tracemalloc
+#: over 10,000 entries, rounded up.
 ENTRY_OVERHEAD_BYTES: Final = 600
 
 Key = tuple[str, str]
