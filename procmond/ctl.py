@@ -17,6 +17,7 @@ from procmond.bus.redis import BusError, RedisBus
 from procmond.client import CallTimeout, NoResponder, RpcClient
 from procmond.discovery import display_url
 from procmond.protocol import Status
+from procmond.text_safety import escape
 
 EXIT_SUCCESS: Final = 0
 EXIT_ERROR: Final = 1
@@ -61,15 +62,22 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _fmt_health(payload: dict[str, Any]) -> list[str]:
-    p = payload.get
-    m = payload.get("metrics", {}).get
-    reasons = p("reasons") or []
-    last_ms = m("last_cycle_ms")
+    def p(key: str) -> str:
+        return escape(payload.get(key))
+
+    metrics = payload.get("metrics", {})
+
+    def m(key: str) -> str:
+        return escape(metrics.get(key))
+
+    reasons = [escape(r) for r in payload.get("reasons") or []]
+    last_ms = metrics.get("last_cycle_ms")
     last_cycle = "-" if last_ms is None else f"{last_ms:.0f} ms"
     verdict = f"{p('status')}: {'; '.join(reasons)}" if reasons else p("status")
+    uptime = payload.get("uptime_seconds") or 0
     capture = (
         []
-        if m("capture_mode") is None  # a version 1 collector
+        if metrics.get("capture_mode") is None  # a version 1 collector
         else [
             f"  capture mode {m('capture_mode')}, kernel events {m('kernel_events')} "
             f"({m('kernel_events_lost')} lost, {m('partial_events')} partial)"
@@ -77,10 +85,10 @@ def _fmt_health(payload: dict[str, Any]) -> list[str]:
     )
     return [
         f"{p('collector_id')} on {p('hostname')} "
-        f"(pid {p('pid')}, boot {str(p('boot_id'))[:12]}, v{p('version')})",
+        f"(pid {p('pid')}, boot {p('boot_id')[:12]}, v{p('version')})",
         f"  state {p('state')}, {verdict}",
         *capture,
-        f"  bus {p('connection_status')}, up {p('uptime_seconds') or 0:.0f} s, "
+        f"  bus {p('connection_status')}, up {uptime:.0f} s, "
         f"config v{p('config_version')}, last collection {p('last_collection')}",
         f"  processes {m('processes_collected')}, events published {m('events_published')}, "
         f"buffer {m('buffer_level_percent')} %, log pending {m('wal_pending')}",
@@ -91,34 +99,42 @@ def _fmt_health(payload: dict[str, Any]) -> list[str]:
 
 
 def summarize(response: dict[str, Any]) -> str:
-    """A readable summary of a response."""
+    """A readable summary of a response.
+
+    Every value in it came from the wire: each is escaped
+    (:func:`procmond.text_safety.escape`), so the only line breaks are ours.
+    """
     operation = response.get("operation")
-    status = response.get("status")
+    status = escape(response.get("status"))
     error = response.get("error")
     if error:
-        text = f"{status} {error.get('code')}: {error.get('message')}"
+        text = f"{status} {escape(error.get('code'))}: {escape(error.get('message'))}"
         context = error.get("context") or {}
         for item in context.get("errors", []):
-            text += f"\n  {item.get('field')}: {item.get('message')}"
+            text += f"\n  {escape(item.get('field'))}: {escape(item.get('message'))}"
         if "accepted" in context:
-            text += f"\n  state {context.get('state')} accepts: {', '.join(context['accepted'])}"
+            accepted = ", ".join(escape(a) for a in context["accepted"])
+            text += f"\n  state {escape(context.get('state'))} accepts: {accepted}"
         if "retry_after_ms" in context:
-            text += f"\n  retry after {context['retry_after_ms']} ms"
+            text += f"\n  retry after {escape(context['retry_after_ms'])} ms"
         return text
     payload = response.get("payload") or {}
     if operation == "HealthCheck":
         return "\n".join(_fmt_health(payload))
     if operation == "UpdateConfig":
-        changed = payload.get("changed_fields") or []
-        config = " ".join(f"{k}={json.dumps(v)}" for k, v in (payload.get("config") or {}).items())
+        changed = [escape(c) for c in payload.get("changed_fields") or []]
+        config = " ".join(
+            f"{escape(k)}={json.dumps(v)}" for k, v in (payload.get("config") or {}).items()
+        )
         return (
-            f"config version {payload.get('config_version')}; "
+            f"config version {escape(payload.get('config_version'))}; "
             f"changed: {', '.join(changed) if changed else 'nothing'}\n  {config}"
         )
     if operation == "GracefulShutdown":
         return (
-            f"drained in {payload.get('drain_ms')} ms: {payload.get('events_flushed')} events "
-            f"flushed, {payload.get('wal_pending')} left in the log"
+            f"drained in {escape(payload.get('drain_ms'))} ms: "
+            f"{escape(payload.get('events_flushed'))} events "
+            f"flushed, {escape(payload.get('wal_pending'))} left in the log"
             + (
                 ""
                 if payload.get("complete")
@@ -149,13 +165,13 @@ async def ctl_call(
         try:
             response = await client.call(collector_id, operation, payload, timeout=timeout)
         except NoResponder as exc:
-            echo(str(exc), err=True)
+            echo(escape(exc), err=True)
             return EXIT_NO_RESPONDER
         except CallTimeout as exc:
-            echo(str(exc), err=True)
+            echo(escape(exc), err=True)
             return EXIT_TIMEOUT
         except BusError as exc:
-            echo(f"Redis error: {exc}", err=True)
+            echo(escape(f"Redis error: {exc}"), err=True)
             return EXIT_NO_REDIS
         finally:
             await client.close()

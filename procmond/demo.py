@@ -31,6 +31,7 @@ from typing import Final, TextIO
 from procmond.agent.service import Agent, AgentEvent, Tracker
 from procmond.bus.redis import BusError, RedisBus
 from procmond.errors import EXIT_CODES
+from procmond.text_safety import escape
 from procmond.topics import EVENT_STREAMS
 from procmond.watch import describe_control, describe_event, in_seq_order
 
@@ -50,10 +51,10 @@ def _stamp() -> str:
 
 
 def terminal_emitter(stream: TextIO = sys.stdout) -> Emit:
-    """Print ``HH:MM:SS source | text`` lines."""
+    """Print ``HH:MM:SS source | text`` lines, ``text`` escaped (it may be foreign)."""
 
     def emit(source: str, text: str) -> None:
-        print(f"{_stamp()} {source:>8} | {text}", file=stream, flush=True)
+        print(f"{_stamp()} {source:>8} | {escape(text)}", file=stream, flush=True)
 
     return emit
 

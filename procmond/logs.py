@@ -1,4 +1,14 @@
-"""Logging set-up: readable text or one JSON object per line, on stderr."""
+"""Logging set-up: readable text or one JSON object per line, on stderr.
+
+A log line's message often carries foreign text: an agent's rejection
+message, a request's reason, an id, a command line. Protocol section 10: it
+never reaches the log with its control characters intact. The text format
+escapes the message (:func:`procmond.text_safety.escape`: a forged message
+``"x\\n12:00:00 ERROR procmond: ..."`` stays one line, its newline shown as
+``\\x0a``); the JSON format is escaped by JSON itself (``ensure_ascii``: every
+control and non-ASCII character as ``\\uNNNN``). A traceback keeps its own
+line breaks: it is the daemon's, not a peer's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,11 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
+
+from procmond.text_safety import escape
+
+#: The text format's line: time, level, logger, the escaped message.
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,9 +34,18 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # json.dumps escapes every control character (ensure_ascii, the default).
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+class EscapingFormatter(logging.Formatter):
+    """The text format, with the message's controls and bidi overrides escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
 
 class RateLimitedLog:
@@ -65,9 +89,7 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        handler.setFormatter(EscapingFormatter(TEXT_FORMAT, "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

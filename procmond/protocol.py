@@ -16,8 +16,11 @@ from typing import Final
 __all__ = [
     "IDENTIFIER",
     "IDENTIFIER_PATTERN",
+    "MAX_DEADLINE_SPAN_S",
+    "MAX_HEARTBEAT_INTERVAL_MS",
     "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MIN_HEARTBEAT_INTERVAL_MS",
     "PROTOCOL_VERSION",
     "ConnectionStatus",
     "ErrorCategory",
@@ -37,6 +40,13 @@ IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 IDENTIFIER: Final = re.compile(IDENTIFIER_PATTERN.removesuffix("$"))
 #: Protocol sections 3 and 10: ``request_id`` and ``correlation_id`` length limit.
 MAX_ID_CHARS: Final = 128
+#: Protocol section 10: a request's deadline is at most this long after its
+#: ``timestamp``, so an idempotent repeat only has to be remembered this long.
+MAX_DEADLINE_SPAN_S: Final = 300
+#: Protocol section 7 (v2): the heartbeat interval an agent may assign; one
+#: outside is ignored (a forged 1 ms would make the collector spin).
+MIN_HEARTBEAT_INTERVAL_MS: Final = 1_000
+MAX_HEARTBEAT_INTERVAL_MS: Final = 3_600_000
 
 
 class Status(enum.StrEnum):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from procmond.bus.types import Bus, BusUnavailable
+from procmond.text_safety import escape
 from procmond.topics import EVENT_STREAMS
 
 #: How long one XREAD blocks; bounds how fast watch notices Ctrl-C or a closed bus.
@@ -34,7 +35,16 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def describe_control(channel: str, data: bytes) -> str:
-    """One readable line for a control-topic message."""
+    """One readable line for a control-topic message, its foreign text escaped.
+
+    Everything in it came from the wire: a newline or an escape sequence in an
+    id, a reason or an error message is shown as ``\\x0a`` / ``\\x1b``
+    (:func:`procmond.text_safety.escape`), never acted on by the terminal.
+    """
+    return escape(_describe_control(channel, data))
+
+
+def _describe_control(channel: str, data: bytes) -> str:
     try:
         m = json.loads(data)
     except ValueError:
@@ -98,8 +108,14 @@ def describe_event(stream: str, entry_id: str, fields: dict[str, str]) -> str:
     source=kernel cmd=/bin/true marker``: after the user, the source (``kernel``
     or ``cycle``; absent from a version 1 collector), ``partial`` when the
     process was gone before it could be read (its unknown fields show as
-    ``?``), and ``exit=``/``signal=`` on a kernel stop.
+    ``?``), and ``exit=``/``signal=`` on a kernel stop. Command lines hold
+    whatever their programs were given: controls and bidi overrides in them are
+    escaped (:func:`procmond.text_safety.escape`).
     """
+    return escape(_describe_event(stream, fields))
+
+
+def _describe_event(stream: str, fields: dict[str, str]) -> str:
     try:
         event = json.loads(fields.get("event", "{}"))
     except ValueError:

@@ -121,7 +121,7 @@ class ContractAgent:
         *,
         client_id: str = "test-agent",
         register_mode: RegisterMode = "accept",
-        heartbeat_interval_ms: int | None = 200,
+        heartbeat_interval_ms: int | None = None,
     ) -> None:
         self.url = url
         self.client_id = client_id

@@ -33,12 +33,16 @@ class DaemonProcess:
         interval: float = 1,
         extra_args: tuple[str, ...] = (),
         log_name: str = "procmond.log",
+        heartbeat_interval_ms: int | None = 200,
     ) -> None:
         self.data_dir = data_dir
         self.redis_url = redis_url
         self.collector_id = collector_id
         self.interval = interval
         self.extra_args = extra_args
+        #: The collector's own interval (200 ms keeps the tests fast; protocol
+        #: section 7 v2 lets an agent assign only 1,000..3,600,000 ms).
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.log_path = data_dir.parent / f"{data_dir.name}-{log_name}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -50,6 +54,8 @@ class DaemonProcess:
             args += ["--redis-url", self.redis_url]
         args += ["--data-dir", str(self.data_dir), "--collector-id", self.collector_id]
         args += ["--interval", str(self.interval), "--log-format", "json"]
+        if self.heartbeat_interval_ms is not None:
+            args += ["--heartbeat-interval-ms", str(self.heartbeat_interval_ms)]
         return args + list(self.extra_args)
 
     def start(self) -> Self:

@@ -75,7 +75,7 @@ async def running_agent(
     url: str,
     *,
     register_mode: RegisterMode = "accept",
-    heartbeat_interval_ms: int | None = 200,
+    heartbeat_interval_ms: int | None = None,
     client_id: str = "test-agent",
 ) -> AsyncIterator[ContractAgent]:
     """A started contract agent, closed at the end."""

@@ -143,7 +143,7 @@ _UNKNOWN_OPERATIONS: tuple[str, ...] = (
     "DropTables",
     "HealthCheck ",
     "",
-    "x" * 300,
+    "x" * 128,
 )
 _VALID_CHANGES: tuple[dict[str, Any], ...] = (
     {"collection_interval_secs": 1},
@@ -182,7 +182,7 @@ def envelope_case(pick: Picker, client_id: str, target: str) -> tuple[bytes, Exp
     fault = pick.choice(
         (
             "none",
-            "none-far-deadline",
+            "far-deadline",
             "none-offset",
             "none-extra-field",
             "none-huge-target",
@@ -207,8 +207,16 @@ def envelope_case(pick: Picker, client_id: str, target: str) -> tuple[bytes, Exp
     expect = ok
     if fault == "none":
         body["payload"] = pick.choice((None, {}))
-    elif fault == "none-far-deadline":
-        body["deadline"] = pick.choice(("9999-12-31T23:59:59.999999Z", "2999-01-01T00:00:00Z"))
+    elif fault == "far-deadline":
+        # Protocol section 10: a deadline more than 300 s after the timestamp.
+        body["deadline"] = pick.choice(
+            (
+                "9999-12-31T23:59:59.999999Z",
+                "2999-01-01T00:00:00Z",
+                _stamp(now + timedelta(seconds=301)),
+            )
+        )
+        expect = invalid
     elif fault == "none-offset":
         body["deadline"] = (
             (now + timedelta(seconds=10))
@@ -221,6 +229,8 @@ def envelope_case(pick: Picker, client_id: str, target: str) -> tuple[bytes, Exp
         body["target"] = "t" * pick.integer(10_000, 400_000)
     elif fault == "none-correlation":
         body["correlation_id"] = pick.text(200)
+        if not 1 <= len(body["correlation_id"]) <= 128:  # protocol sections 3 and 10
+            expect = invalid
     elif fault == "update-valid":
         body["operation"] = "UpdateConfig"
         body["payload"] = {"changes": pick.choice(_VALID_CHANGES), "validate_only": True}
@@ -281,7 +291,8 @@ def envelope_case(pick: Picker, client_id: str, target: str) -> tuple[bytes, Exp
         expect = invalid
     elif fault == "long-request-id":
         body["request_id"] = request_id + "r" * pick.integer(129, 5000)
-        expect = Expect(fault, request_id=body["request_id"], codes=frozenset({"INVALID_REQUEST"}))
+        # Protocol section 10: a value over the limit is not echoed.
+        expect = Expect(fault, request_id="", codes=frozenset({"INVALID_REQUEST"}))
     elif fault == "surrogate-request-id":
         body["request_id"] = request_id[:8] + "\ud800"
         expect = Expect(fault, request_id="", codes=frozenset({"INVALID_REQUEST"}))

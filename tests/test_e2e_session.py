@@ -33,7 +33,7 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
 ) -> None:
     """Register, ready, heartbeats at the assigned interval, RPCs, GracefulShutdown, exit 0."""
     cid = new_id()
-    async with running_agent(fresh_redis.url, heartbeat_interval_ms=200) as agent:
+    async with running_agent(fresh_redis.url, heartbeat_interval_ms=1000) as agent:
         with daemon(tmp_path, fresh_redis.url, cid) as proc:
             ready = await agent.wait_for_state(cid, "ready", timeout=15)
             first_register = agent.registers.items[0]
@@ -55,10 +55,11 @@ async def test_full_session_register_heartbeat_rpcs_shutdown_deregister(
                 "boot_id": boot_id,
                 "state": "ready",
                 "timestamp": ready["timestamp"],
-                "heartbeat_interval_ms": 200,
+                "heartbeat_interval_ms": 1000,
             }
 
-            # The assigned 200 ms wins over the default 30 s: five arrive well within 15 s.
+            # The assigned 1 s wins over the collector's own 200 ms (the test helper's):
+            # five arrive well within 15 s.
             beats = await agent.wait_for_heartbeats(cid, 5, timeout=15)
             assert [b.message["sequence"] for b in beats[:5]] == [1, 2, 3, 4, 5]
             first = beats[0].message

@@ -141,9 +141,9 @@ def metric_names(exposition: str) -> set[str]:
 
 @contextlib.contextmanager
 def agent_process(url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """``procmond agent --metrics-listen`` as an operator runs it, assigning a short interval."""
+    """``procmond agent --metrics-listen`` as an operator runs it, keeping the collector's
+    own short interval (an agent may assign no less than 1 s, protocol section 7)."""
     command = [sys.executable, "-m", "procmond.cli", "agent", "--redis-url", url, "--json",
-               "--heartbeat-interval-ms", str(HEARTBEAT_MS),
                "--metrics-listen", f"127.0.0.1:{port}"]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -4,6 +4,7 @@ with the harness's scripted fake agent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 
@@ -43,7 +44,7 @@ async def test_failed_attempt_is_retried_then_ready(tmp_path: Path, first: str) 
     async with running_parts(
         tmp_path, registration=FAST, agent_script=[first], agent_then="accept"
     ) as parts:
-        parts.agent.interval_ms = 50
+        parts.agent.interval_ms = 1000
         await parts.actor.entered[State.READY].reach(1)
         await wait_state(parts.client, "ready")
         registers = parts.agent.registers()
@@ -51,19 +52,19 @@ async def test_failed_attempt_is_retried_then_ready(tmp_path: Path, first: str) 
         assert registers[0]["payload"]["boot_id"] == registers[1]["payload"]["boot_id"]
         assert registers[0]["client_id"] == CID
         assert registers[0]["target"] == REGISTRATION
-        assert parts.registration.heartbeat_interval_ms == 50
+        assert parts.registration.heartbeat_interval_ms == 1000  # the agent's wins
         beats = await parts.client.wait(HEARTBEAT, 1)
         assert beats[0]["sequence"] == 1
         ready = next(m for m in parts.client.on(STATUS) if m["state"] == "ready")
-        assert ready["heartbeat_interval_ms"] == 50
+        assert ready["heartbeat_interval_ms"] == 1000
 
 
 async def test_heartbeats_numbered_from_1_across_re_registration_after_bus_loss(
     tmp_path: Path,
 ) -> None:
     """Sequence grows by 1 per heartbeat of the boot, lost ones included, across re-registration."""
-    async with running_parts(tmp_path, registration=FAST, agent_then="accept") as parts:
-        parts.agent.interval_ms = 50
+    fast_beats = dataclasses.replace(FAST, heartbeat_interval_ms=50)  # the collector's own
+    async with running_parts(tmp_path, registration=fast_beats, agent_then="accept") as parts:
         client = parts.client
         await wait_state(client, "ready")
         await client.wait(HEARTBEAT, 3)

@@ -66,7 +66,7 @@ async def test_ctl_drives_a_full_lifecycle(tmp_path: Path, redis_server: RedisSe
     url = redis_server.url
     ctl = ("ctl",)
     target = ("--redis-url", url, "--collector", cid)
-    async with running_agent(url, heartbeat_interval_ms=500) as agent:
+    async with running_agent(url) as agent:
         with daemon(tmp_path, url, cid) as proc:
             await agent.wait_for_state(cid, "ready", timeout=15)
             code, out, _ = await procmond(*ctl, "health", *target)
@@ -193,7 +193,7 @@ async def test_watch_prints_control_messages_and_events(
     assert watcher.stdout is not None
     seen_heartbeat = seen_event = False
     try:
-        async with running_agent(url, heartbeat_interval_ms=200) as agent:
+        async with running_agent(url) as agent:
             with daemon(tmp_path, url, cid):
                 await agent.wait_for_state(cid, "ready", timeout=15)
                 # watch tails the streams from their end as it connects (maybe after
@@ -243,7 +243,7 @@ async def test_watch_shows_exec_events_with_their_source_and_exit(
 
     marker = f"exec-{cid}"
     try:
-        async with running_agent(url, heartbeat_interval_ms=200) as agent:
+        async with running_agent(url) as agent:
             # One cycle only (the baseline): every later start, exec and stop is the kernel's.
             with DaemonProcess(tmp_path / "data", redis_url=url, collector_id=cid, interval=3600):
                 await agent.wait_for_state(cid, "ready", timeout=15)
@@ -355,7 +355,7 @@ async def test_systemd_notifications(
                 received.append((await loop.sock_recv(sock, 4096)).decode())
 
     try:
-        async with running_agent(redis_server.url, heartbeat_interval_ms=200) as agent:
+        async with running_agent(redis_server.url) as agent:
             with daemon(tmp_path, redis_server.url, cid) as proc:
                 await until("READY=1")
                 await agent.wait_for_state(cid, "ready", timeout=15)
@@ -423,7 +423,7 @@ async def test_demo_shows_the_stack_and_drains_on_ctrl_c(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCMOND_")}
     demo = await asyncio.create_subprocess_exec(
         *PROCMOND, "demo", "--data-dir", str(tmp_path / "demo"), "--interval", "1",
-        "--heartbeat-interval-ms", "200",
+        "--heartbeat-interval-ms", "1000",
         stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
     )  # fmt: skip
     assert demo.stdout is not None

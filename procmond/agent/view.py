@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol, TextIO
 from procmond.agent.tracker import AgentEvent, CollectorRecord, Tracker
 from procmond.bus.types import Bus
 from procmond.schemas import now_timestamp
+from procmond.text_safety import escape
 
 
 class Agent(Protocol):
@@ -79,7 +80,7 @@ class JsonLines:
 
 
 def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else escape(value)
 
 
 def _row(record: CollectorRecord, now: float) -> tuple[str, ...]:
@@ -87,8 +88,8 @@ def _row(record: CollectorRecord, now: float) -> tuple[str, ...]:
     metrics = record.metrics
     buffer = metrics.get("buffer_level_percent")
     return (
-        record.collector_id,
-        record.state,
+        escape(record.collector_id),
+        escape(record.state),
         _cell(record.health),
         _cell(record.capture_mode),
         age,
@@ -129,7 +130,9 @@ class LiveTable:
         for event in events:
             details = " ".join(f"{k}={v}" for k, v in event.data.items())
             who = event.collector_id or "*"
-            self._recent.append(f"{stamp} {event.kind.value:<15} {who} {details}")
+            # The details hold what collectors and peers sent (a rejection's
+            # message, ids): escaped before they reach the terminal.
+            self._recent.append(escape(f"{stamp} {event.kind.value:<15} {who} {details}"))
 
     def render(self, agent: Agent) -> str:
         """The whole screen as text."""

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from procmond.cli.options import resolve_redis_url, with_redis_options
+from procmond.protocol import IDENTIFIER, MAX_DEADLINE_SPAN_S
 
 __all__ = ["ctl", "ctl_config", "ctl_health", "ctl_shutdown"]
 
@@ -35,7 +36,8 @@ def _ctl_common(func: Any) -> Any:
     func = click.option("--json", "json_output", is_flag=True, help="Print the raw response.")(func)
     func = click.option(
         "--timeout",
-        type=click.FloatRange(0.1, 600),
+        # Protocol section 10: a deadline at most 300 s after the request's timestamp.
+        type=click.FloatRange(0.1, MAX_DEADLINE_SPAN_S),
         default=10.0,
         show_default=True,
         help="Seconds to wait; also the request's deadline.",
@@ -46,9 +48,17 @@ def _ctl_common(func: Any) -> Any:
         envvar="PROCMOND_COLLECTOR_ID",
         default="procmond",
         show_default=True,
+        callback=_identifier,
         help="The collector's id.",
     )(func)
     return with_redis_options(func)
+
+
+def _identifier(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An identifier of protocol section 1, matched whole (``web-01\\n`` is not one)."""
+    if not IDENTIFIER.fullmatch(value):
+        raise click.BadParameter(f"{value!r} does not match {IDENTIFIER.pattern}$")
+    return value
 
 
 def _ctl_run(
@@ -144,5 +154,5 @@ def ctl_shutdown(
 ) -> None:
     """Drain and stop a collector (GracefulShutdown); waits for the drain."""
     payload = {"reason": reason, "graceful_timeout_ms": graceful_timeout_ms}
-    wait = max(timeout, graceful_timeout_ms / 1000 + 5)
+    wait = min(max(timeout, graceful_timeout_ms / 1000 + 5), MAX_DEADLINE_SPAN_S)
     _ctl_run(redis_url, data_dir, collector_id, "GracefulShutdown", payload, wait, json_output)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from procmond.cli.options import resolve_redis_url, with_redis_options
+from procmond.protocol import MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS
 
 __all__ = ["agent_command", "demo_command", "diagram", "watch_command"]
 
@@ -33,7 +34,7 @@ __all__ = ["agent_command", "demo_command", "diagram", "watch_command"]
 )
 @click.option(
     "--heartbeat-interval-ms",
-    type=click.IntRange(100, 86_400_000),
+    type=click.IntRange(MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS),
     default=5000,
     show_default=True,
     help="Heartbeat interval the agent assigns.",
@@ -116,7 +117,7 @@ def watch_command(
 @click.option("--json", "json_output", is_flag=True, help="JSON lines (the default off a TTY).")
 @click.option(
     "--heartbeat-interval-ms",
-    type=click.IntRange(100, 86_400_000),
+    type=click.IntRange(MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS),
     help="Assign this heartbeat interval to every collector (default: keep theirs).",
 )
 @click.option(

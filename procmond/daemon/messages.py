@@ -41,6 +41,7 @@ __all__ = [
     "RegistrationDue",
     "Request",
     "UpdateConfig",
+    "caller_of",
     "refusal_error",
 ]
 
@@ -49,6 +50,9 @@ __all__ = [
 class HealthCheck:
     """Ask for the health payload."""
 
+    #: Who asked (the request's ``client_id``; None: the daemon itself or a test).
+    #: The mailbox counts each caller's fair share by it (protocol section 10).
+    caller: str | None = None
     operation: ClassVar[Operation] = Operation.HEALTH_CHECK
 
 
@@ -58,6 +62,7 @@ class UpdateConfig:
 
     changes: Mapping[str, Any]
     validate_only: bool = False
+    caller: str | None = None
     operation: ClassVar[Operation] = Operation.UPDATE_CONFIG
 
 
@@ -67,6 +72,7 @@ class GracefulShutdown:
 
     reason: str | None = None
     timeout_s: float = 30.0
+    caller: str | None = None
     operation: ClassVar[Operation] = Operation.GRACEFUL_SHUTDOWN
 
 
@@ -155,6 +161,13 @@ class Outcome:
     error: Refused | None = None
     queue_ms: float = 0.0
     execution_ms: float = 0.0
+
+
+def caller_of(message: Message) -> str | None:
+    """The ``client_id`` a wire request came from; None for the daemon's own messages."""
+    if isinstance(message, HealthCheck | UpdateConfig | GracefulShutdown):
+        return message.caller
+    return None
 
 
 def refusal_error(refusal: Refusal) -> Refused:

@@ -42,6 +42,7 @@ from procmond.daemon.messages import (
 )
 from procmond.daemon.operations import CAPABILITIES
 from procmond.daemon.readiness import Counter
+from procmond.protocol import MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS
 from procmond.schemas import (
     AgentResponse,
     DeregisterPayload,
@@ -259,8 +260,7 @@ class Registrar:
         """Take in the outcome of the attempt in flight (its guard passed)."""
         answer = outcome.answer
         if outcome.accepted and answer is not None:
-            if answer.heartbeat_interval_ms:
-                self._interval_ms = answer.heartbeat_interval_ms
+            self._assign_interval(answer.heartbeat_interval_ms)
             self.accepted_once = True
             self.failures = 0
             self._delays = self._backoff()
@@ -270,6 +270,28 @@ class Registrar:
         if answer is not None:
             self.last_rejection = answer.message
             log.warning("registration rejected by the agent: %s", answer.message)
+
+    def _assign_interval(self, assigned: int | None) -> None:
+        """The agent's interval wins, if within 1,000..3,600,000 ms (protocol section 7).
+
+        One outside is ignored, with a warning, and our own used: a forged
+        answer assigning 1 ms made a collector send 1,263 heartbeats in 3 s
+        (issue 11).
+        """
+        if assigned is None:
+            return
+        if MIN_HEARTBEAT_INTERVAL_MS <= assigned <= MAX_HEARTBEAT_INTERVAL_MS:
+            self._interval_ms = assigned
+            return
+        self._interval_ms = self._settings.heartbeat_interval_ms
+        log.warning(
+            "ignoring the heartbeat interval of %d ms assigned by the agent (outside "
+            "%d..%d ms): heartbeating every %d ms",
+            assigned,
+            MIN_HEARTBEAT_INTERVAL_MS,
+            MAX_HEARTBEAT_INTERVAL_MS,
+            self._interval_ms,
+        )
 
     def _on_response(self, channel: str, data: bytes) -> None:
         response = parse_agent_response(data)

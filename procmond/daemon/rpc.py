@@ -6,11 +6,17 @@ For each message (protocol sections 3 and 4):
    in it, else dropped;
 2. not a JSON object, or no usable ``client_id``: dropped, counted in
    ``rpc_malformed_total``, warned about (rate-limited);
-3. a repeated ``(client_id, request_id)`` gets the first answer again,
-   without executing anything;
-4. envelope schema, served operation, deadline on receipt, payload schema;
-5. handed to the actor's mailbox (which may refuse at once: ``INVALID_STATE``,
-   ``SHUTTING_DOWN``, ``BUSY``), then the answer is awaited at most until the
+3. envelope schema (with the limits of protocol section 10: ids and
+   ``operation`` at most 128 characters, a deadline at most 300 s after the
+   timestamp; the answer names what was wrong and echoes no long value);
+4. a repeated ``(client_id, request_id)`` gets the first answer again,
+   without executing anything, until the request's deadline
+   (:mod:`procmond.daemon.answers`, bounded in bytes and count);
+5. served operation, deadline on receipt, payload schema; UpdateConfig and
+   GracefulShutdown are logged at INFO with the caller's ``client_id``;
+6. handed to the actor's mailbox (which may refuse at once: ``INVALID_STATE``,
+   ``SHUTTING_DOWN``, ``BUSY``, the latter also for a caller past its fair
+   share), then the answer is awaited at most until the
    deadline, and 30 s for anything but GracefulShutdown (``TIMEOUT``).
 
 This is the one place that turns wire requests into actor messages.
@@ -19,8 +25,8 @@ This is the one place that turns wire requests into actor messages.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -30,11 +36,12 @@ from typing import Any, Final
 
 from procmond.bus.redis import Bus, BusError
 from procmond.daemon.actor import ProcmondMonitorCollector
-from procmond.daemon.messages import Outcome
+from procmond.daemon.answers import AnswerCache
+from procmond.daemon.messages import GracefulShutdown, HealthCheck, Outcome, Request, UpdateConfig
 from procmond.daemon.operations import SERVED_OPERATIONS, PayloadError, spec_for
 from procmond.errors import Refused
 from procmond.logs import RateLimitedLog
-from procmond.protocol import IDENTIFIER, MAX_MESSAGE_BYTES
+from procmond.protocol import IDENTIFIER, MAX_MESSAGE_BYTES, ErrorCode
 from procmond.schemas import (
     RequestError,
     RpcErrorBody,
@@ -43,13 +50,11 @@ from procmond.schemas import (
     loads_object,
     parse_request,
 )
+from procmond.text_safety import escape
 from procmond.topics import collector_topic, response_topic
 
 log = logging.getLogger("procmond.rpc")
 
-#: Answers remembered for repeated request ids. Agents retry within seconds;
-#: 10,000 entries cover minutes of heavy traffic at a few MB.
-DEDUPE_ENTRIES: Final = 10_000
 #: At most one malformed-message warning per this many seconds.
 MALFORMED_WARNING_INTERVAL_S: Final = 10.0
 #: Answers being published at once. Every PUBLISH in flight holds one of the
@@ -68,9 +73,8 @@ class RpcService:
         self._actor = actor
         self._bus = bus
         self._collector_id = actor.identity.collector_id
-        self._answers: collections.OrderedDict[tuple[str, str], asyncio.Future[bytes]] = (
-            collections.OrderedDict()
-        )
+        #: Answers of earlier requests, for repeats (bounded; see procmond.daemon.answers).
+        self.answers = AnswerCache()
         self._inflight: set[asyncio.Task[None]] = set()
         self._malformed_log = RateLimitedLog(log, MALFORMED_WARNING_INTERVAL_S)
         self._publishing = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
@@ -122,29 +126,22 @@ class RpcService:
         try:
             request = parse_request(document)
         except RequestError as exc:
+            context = {"errors": exc.errors} if exc.errors else None
+            error = Refused(ErrorCode.INVALID_REQUEST, str(exc), context)
             self._reply_error(
-                client_id,
-                exc.request_id,
-                exc.request_id,
-                exc.operation,
-                Refused.invalid_request(str(exc)),
-                received,
+                client_id, exc.request_id, exc.request_id, exc.operation, error, received
             )
             return
         key = (client_id, request.request_id)
-        earlier = self._answers.get(key)
+        earlier = self.answers.get(key, received)
         if earlier is not None:
-            self._answers.move_to_end(key)
             self._spawn(self._repeat(client_id, earlier))
             return
-        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._remember(key, answer)
+        # Remembered until the caller's deadline (on our clock): a repeat after
+        # it is DEADLINE_EXCEEDED anyway (protocol section 10).
+        expires = received + (request.deadline - datetime.now(UTC)).total_seconds()
+        answer = self.answers.reserve(key, expires, received)
         self._spawn(self._serve(request, received, answer))
-
-    def _remember(self, key: tuple[str, str], answer: asyncio.Future[bytes]) -> None:
-        self._answers[key] = answer
-        while len(self._answers) > DEDUPE_ENTRIES:
-            self._answers.popitem(last=False)
 
     def _oversized(self, data: bytes, received: float) -> None:
         client = _SALVAGE_CLIENT.search(data)
@@ -186,7 +183,7 @@ class RpcService:
             outcome,
             received,
         )
-        answer.set_result(data)
+        self.answers.fill((request.client_id, request.request_id), answer, data)
         await self._publish(request.client_id, data)
 
     async def _execute(self, request: RpcRequest, received: float) -> Outcome:
@@ -195,9 +192,22 @@ class RpcService:
         if spec is None:
             return Outcome(error=Refused.unsupported_operation(operation, SERVED_OPERATIONS))
         try:
-            message = spec.decode(request.payload)
+            decoded = spec.decode(request.payload)
         except PayloadError as exc:
             return Outcome(error=Refused.invalid_request(str(exc)))
+        assert isinstance(decoded, HealthCheck | UpdateConfig | GracefulShutdown)
+        # Whose fair share of the mailbox it counts in (protocol section 10).
+        message = dataclasses.replace(decoded, caller=request.client_id)
+        details = _logged_details(message)
+        if details is not None:
+            # Who asked (issue 11): every change and every shutdown names its caller.
+            log.info(
+                "%s from client %s (request %s): %s",
+                operation,
+                escape(request.client_id),
+                escape(request.request_id),
+                escape(details),
+            )
         # The caller's deadline on our clock, and the execution limit counted from
         # receipt: whichever comes first. The mailbox owns every check of it.
         now = time.monotonic()
@@ -263,3 +273,13 @@ class RpcService:
         task = asyncio.get_running_loop().create_task(coro)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _logged_details(message: Request) -> str | None:
+    """What an UpdateConfig or GracefulShutdown asks for, for its log line; None for others."""
+    if isinstance(message, UpdateConfig):
+        changes = ", ".join(f"{key}={value!r}" for key, value in message.changes.items())
+        return f"{changes}{' (validate only)' if message.validate_only else ''}"
+    if isinstance(message, GracefulShutdown):
+        return f"reason {message.reason!r}, timeout {message.timeout_s:g} s"
+    return None

@@ -60,15 +60,16 @@ from procmond.errors import (
 )
 from procmond.store.pipeline import EventPipeline
 from procmond.store.wal import WalError, WalRecord, WriteAheadLog
+from procmond.text_safety import escape
 
 log = logging.getLogger("procmond")
 
 
 def _say(message: str) -> None:
-    """A line for the operator on stderr, whatever the log format."""
+    """A line for the operator on stderr, whatever the log format (foreign text escaped)."""
     # stderr may be gone (a closed pipe): a signal must still reach the actor.
     with contextlib.suppress(OSError, ValueError):
-        print(f"procmond: {message}", file=sys.stderr, flush=True)
+        print(f"procmond: {escape(message)}", file=sys.stderr, flush=True)
 
 
 class Daemon:

@@ -7,9 +7,9 @@ announcements, heartbeats) and what it reads of the agent's answers.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from procmond.protocol import HealthStatus
@@ -48,7 +48,9 @@ class RegistrationAnswer(BaseModel):
 
     status: Literal["Accepted", "Rejected"]
     message: str | None = None
-    heartbeat_interval_ms: Annotated[int, Field(ge=1, le=86_400_000)] | None = None
+    #: Any integer reads: the registrar ignores (with a warning) one outside
+    #: 1,000..3,600,000 ms and keeps the answer (protocol section 7).
+    heartbeat_interval_ms: int | None = None
 
 
 class AgentResponse(BaseModel):
