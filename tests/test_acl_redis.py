@@ -322,3 +322,16 @@ async def test_another_collector_cannot_answer_a_register(
         proc.signal(signal.SIGTERM)
         assert await proc.wait_async(30) == 0
     watch.close()
+
+
+def test_acls_cannot_stop_a_collector_trimming_a_stream_it_may_write(users: AclRedis) -> None:
+    """A known gap (docs/security.md): XADD takes MAXLEN and ACLs cannot restrict arguments,
+    so a collector's user can empty a shared stream (MAXLEN 0 trims its own entry too)."""
+    admin = users.admin()
+    key = "events.process.modify"
+    for _ in range(3):
+        admin.xadd(key, {"collector_id": "web-01"})
+    attacker = users.client("web-02")
+    attacker.xadd(key, {"collector_id": "web-02"}, maxlen=0, approximate=False)
+    attacker.close()
+    assert admin.xlen(key) == 0
