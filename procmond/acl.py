@@ -45,6 +45,7 @@ from typing import Final
 from procmond.protocol import IDENTIFIER
 from procmond.topics import (
     EVENT_KINDS,
+    EVENT_STREAMS,
     HEARTBEAT_PATTERN,
     REGISTRATION_PATTERN,
     STATUS_PATTERN,
@@ -67,6 +68,7 @@ __all__ = [
     "ctl_user",
     "load_or_create_password",
     "stream_keys",
+    "watch_user",
 ]
 
 #: Every ``procmond ctl`` client id starts with this (``ctl-{pid}-{hex}``,
@@ -80,6 +82,9 @@ DEFAULT_AGENT_ID: Final = "agent"
 #: (Redis 7.2+) is not listed: Redis 7.0 refuses the rule, and redis-py ignores
 #: a refused SETINFO.
 CONNECTION_COMMANDS: Final = ("+hello", "+auth", "+ping", "+client|setname")
+#: What ``procmond watch`` pattern-subscribes by default (Redis matches a
+#: PSUBSCRIBE pattern literally against the allowed ones).
+WATCH_PATTERN: Final = "control.*"
 #: Bytes of a generated password before base64 (256 bits).
 PASSWORD_BYTES: Final = 32
 
@@ -270,3 +275,16 @@ def ctl_user(name: str, password: Password, collectors: Sequence[str] = ()) -> A
     publish = ("+publish", *_channels(targets or [collector_topic("*")]))
     root = (*CONNECTION_COMMANDS, "+unsubscribe", "+pubsub|numsub")
     return AclUser(name, password, root, (subscribe, publish))
+
+
+def watch_user(name: str, password: Password) -> AclUser:
+    """An operator's user for ``procmond watch``: every control message, the streams read-only.
+
+    Its default pattern ``control.*`` only (a PSUBSCRIBE pattern is matched
+    literally), and XREVRANGE / XREAD on the four stream keys with read-only
+    (``%R~``) access. It publishes nothing.
+    """
+    _identifier(name, "user name")
+    psubscribe = ("+psubscribe", *_channels([WATCH_PATTERN]))
+    read = ("+xrevrange", "+xread", *(f"%R~{key}" for key in EVENT_STREAMS))
+    return AclUser(name, password, (*CONNECTION_COMMANDS, "+punsubscribe"), (psubscribe, read))

@@ -1,6 +1,7 @@
 """A private redis-server with the users of ``procmond acl`` loaded, and an attacker's moves.
 
-The users are made by the real command: collectors and the agent as lines of
+The users are made by the real command: collectors, the agent and the
+watcher as lines of
 a ``users.acl`` file the server loads at start (``--format acl-file``), the
 operator with ``ACL SETUSER`` lines piped through the real ``redis-cli``
 (``--format commands``). The ``default`` user stays the test's administrator
@@ -30,6 +31,7 @@ PROCMOND = [sys.executable, "-m", "procmond.cli"]
 COLLECTORS = ("web-01", "web-02", "web-03")
 AGENT = "agent"
 OPERATOR = "ops"
+WATCHER = "eyes"
 #: docs/topic-hierarchy.md before issue 11, for collector web-02 (user name old-web-02).
 OLD_RECIPE = (
     "on >old-secret resetchannels resetkeys -@all +ping +hello +auth +client|setname "
@@ -80,14 +82,19 @@ class AclRedis:
 
 @contextmanager
 def acl_redis(directory: Path) -> Iterator[AclRedis]:
-    """A private server with web-01..03, agent, ops (new recipe) and old-web-02 (old recipe)."""
-    users = [*COLLECTORS, AGENT, OPERATOR]
+    """A private server with web-01..03, agent, ops, eyes (new recipe), old-web-02 (old one)."""
+    users = [*COLLECTORS, AGENT, OPERATOR, WATCHER]
     files = {user: directory / f"{user}.password" for user in users}
     lines = [
         acl_lines(cid, "--password-file", str(files[cid]), "--format", "acl-file")
         for cid in COLLECTORS
     ]
     lines.append(acl_lines("--agent", "--password-file", str(files[AGENT]), "--format", "acl-file"))
+    lines.append(
+        acl_lines(
+            "--watch", WATCHER, "--password-file", str(files[WATCHER]), "--format", "acl-file"
+        )
+    )
     aclfile = directory / "users.acl"
     aclfile.write_text("".join(lines))
     with running_redis(extra_args=["--aclfile", str(aclfile)], prefix="pmd-acl-") as server:

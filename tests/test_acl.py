@@ -22,6 +22,7 @@ from procmond.acl import (
     ctl_user,
     load_or_create_password,
     stream_keys,
+    watch_user,
 )
 from procmond.cli import main
 from procmond.client import new_client_id
@@ -116,6 +117,18 @@ def test_an_operator_may_be_limited_to_some_collectors() -> None:
     assert selector(ctl_user("ops", NOPASS).rules(), "+publish").endswith("&control.collector.*)")
 
 
+def test_the_watcher_reads_without_writing() -> None:
+    """--watch: PSUBSCRIBE control.* and XREVRANGE/XREAD on the streams, read only; no publish."""
+    rules = watch_user("eyes", NOPASS).rules()
+    assert selector(rules, "+psubscribe") == "(resetchannels resetkeys +psubscribe &control.*)"
+    assert selector(rules, "+xread") == (
+        "(resetchannels resetkeys +xrevrange +xread "
+        + " ".join(f"%R~{k}" for k in EVENT_STREAMS)
+        + ")"
+    )
+    assert not any("publish" in r or "%W~" in r for r in rules)
+
+
 def test_a_password_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     """A missing file gets a new 0600 password; the next call reads the same one back."""
     path = tmp_path / "web-01.password"
@@ -168,6 +181,7 @@ def test_the_command_never_prints_the_password_unless_asked(tmp_path: Path) -> N
         (["--agent"], "ACL SETUSER agent "),
         (["--agent", "boss"], "ACL SETUSER boss "),
         (["--ctl", "ops"], "ACL SETUSER ops "),
+        (["--watch", "eyes"], "ACL SETUSER eyes "),
     ],
 )
 def test_the_command_prints_the_agent_and_operator_users(args: list[str], first: str) -> None:
@@ -185,6 +199,7 @@ def test_the_command_prints_the_agent_and_operator_users(args: list[str], first:
         ["web-01", "--agent", "--nopass"],
         [],
         ["--ctl", "Ops", "--nopass"],
+        ["--ctl", "ops", "--watch", "eyes", "--nopass"],
     ],
 )
 def test_the_command_refuses_bad_or_ambiguous_names(args: list[str]) -> None:

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acl_support import AGENT, OPERATOR, PROCMOND, AclRedis, Move, acl_redis, attempt
-from e2e_support import daemon
+from acl_support import AGENT, OPERATOR, PROCMOND, WATCHER, AclRedis, Move, acl_redis, attempt
+from e2e_support import churn_child, daemon
 from redis_fixtures import short_dir
 
 pytestmark = [pytest.mark.redis]
 
 FORGED_ANSWER = json.dumps({"request_id": "x", "status": "Success"})
 CTL_TOPIC = "control.rpc.response.ctl-4242-0badcafe"
+#: A watch line can carry a HealthCheck answer or a long command line: past asyncio's 64 KiB.
+LINE_LIMIT = 16 * 1024 * 1024
 
 #: Every move of issue 11 a collector host could make through Redis, as web-02.
 COLLECTOR_MOVES = [
@@ -166,13 +168,20 @@ def test_a_collector_keeps_every_right_it_needs(users: AclRedis, move: Move) -> 
         (OPERATOR, Move("", "psubscribe", ("control.registration.*",))),
         (OPERATOR, Move("", "command", ("XADD", "events.process.start", "*", "a", "b"))),
         (OPERATOR, Move("", "command", ("FLUSHALL",))),
+        # the watcher reads, and writes nothing
+        (WATCHER, Move("", "command", ("PUBLISH", "control.collector.web-01", "{}"))),
+        (WATCHER, Move("", "command", ("PUBLISH", "control.rpc.response.web-01", "{}"))),
+        (WATCHER, Move("", "command", ("XADD", "events.process.start", "*", "a", "b"))),
+        (WATCHER, Move("", "command", ("XTRIM", "events.process.start", "MAXLEN", "0"))),
+        (WATCHER, Move("", "command", ("XRANGE", "other.key", "-", "+"))),
+        (WATCHER, Move("", "psubscribe", ("*",))),
     ],
     ids=lambda v: v if isinstance(v, str) else v.label,
 )
 def test_the_agent_and_operator_users_are_bounded_too(
     users: AclRedis, user: str, move: Move
 ) -> None:
-    """The agent and ctl users get NOPERM for everything beyond their own part."""
+    """The agent, ctl and watch users get NOPERM for everything beyond their own part."""
     assert attempt(users.client(user), move) == "NOPERM"
 
 
@@ -193,6 +202,7 @@ async def agent_process(url: str) -> AsyncIterator[list[dict[str, Any]]]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        limit=LINE_LIMIT,
     )
     lines: list[dict[str, Any]] = []
 
@@ -242,10 +252,41 @@ async def ctl(url: str, *args: str) -> tuple[int, dict[str, Any]]:
     return proc.returncode, json.loads(out) if out.strip() else {"stderr": err.decode()}
 
 
+async def watch_sees_web_01(users: AclRedis) -> None:
+    """procmond watch --json as the watcher shows web-01's heartbeat, then a new process."""
+    watcher = await asyncio.create_subprocess_exec(
+        *PROCMOND, "watch", "--json", "--redis-url", users.url(WATCHER),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=LINE_LIMIT,
+    )  # fmt: skip
+    assert watcher.stdout is not None
+    marker = "acl-watch-marker"
+    try:
+        async with asyncio.timeout(20):  # a heartbeat shown: watch is connected and tailing
+            while True:
+                line = json.loads(await watcher.stdout.readline())
+                if line["topic"] == "control.health.heartbeat.web-01":
+                    break
+        with churn_child(marker):
+            async with asyncio.timeout(20):
+                while True:
+                    line = json.loads(await watcher.stdout.readline())
+                    # a cycle reports the start with the marker; the kernel, its exec
+                    if line["topic"] in ("events.process.start", "events.process.exec") and (
+                        marker in (line["event"]["cmdline"] or [])
+                    ):
+                        assert line["collector_id"] == "web-01"
+                        break
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            assert await watcher.wait() == 0
+
+
 @pytest.mark.e2e
 async def test_each_party_works_under_its_own_user(users: AclRedis, tmp_path: Path) -> None:
     """procmond run as web-01 registers with procmond agent as agent, heartbeats, is called by
-    procmond ctl as ops, writes its events, and drains; none of them is refused anything."""
+    procmond ctl as ops, writes its events that procmond watch as eyes shows, and drains; none
+    of them is refused anything."""
     admin = users.admin()
     beats = admin.pubsub()
     beats.subscribe("control.health.heartbeat.web-01")
@@ -264,11 +305,12 @@ async def test_each_party_works_under_its_own_user(users: AclRedis, tmp_path: Pa
             assert (status, response["status"], response["state"]) == (0, "Success", "ready")
             entries: Any = admin.xrange("events.process.start")
             assert any(fields[b"collector_id"] == b"web-01" for _id, fields in entries)
+            await watch_sees_web_01(users)
             proc.signal(signal.SIGTERM)
             assert await proc.wait_async(30) == 0
             await until(lines, event="deregistered", collector_id="web-01")
     beats.close()
-    assert users.acl_log_users() & {"web-01", AGENT, OPERATOR} == set()
+    assert users.acl_log_users() & {"web-01", AGENT, OPERATOR, WATCHER} == set()
 
 
 @pytest.mark.e2e

@@ -23,6 +23,9 @@ __all__ = ["acl_command"]
 )
 @click.option("--ctl", "ctl_name", metavar="NAME", help="An operator's user for procmond ctl.")
 @click.option(
+    "--watch", "watch_name", metavar="NAME", help="An operator's user for procmond watch."
+)
+@click.option(
     "--format",
     "output_format",
     type=click.Choice(["commands", "acl-file"]),
@@ -68,6 +71,7 @@ def acl_command(
     collector_id: str | None,
     agent_name: str | None,
     ctl_name: str | None,
+    watch_name: str | None,
     output_format: str,
     password_file: Path | None,
     show_password: bool,
@@ -76,7 +80,7 @@ def acl_command(
     stream_shards: int,
     collectors: tuple[str, ...],
 ) -> None:
-    """Print the Redis 7 ACL user of collector COLLECTOR_ID (or --agent, or --ctl NAME).
+    """Print the Redis 7 ACL user of collector COLLECTOR_ID (or --agent, --ctl, --watch).
 
     \b
     Each user gets only its own topics, with publishing and subscribing as
@@ -93,11 +97,14 @@ def acl_command(
         collector_user,
         ctl_user,
         load_or_create_password,
+        watch_user,
     )
 
-    roles = [r for r in (collector_id, agent_name, ctl_name) if r is not None]
+    roles = [r for r in (collector_id, agent_name, ctl_name, watch_name) if r is not None]
     if len(roles) != 1:
-        raise click.UsageError("give exactly one of COLLECTOR_ID, --agent [NAME], --ctl NAME")
+        raise click.UsageError(
+            "give exactly one of COLLECTOR_ID, --agent [NAME], --ctl NAME, --watch NAME"
+        )
     if nopass == (password_file is not None):
         raise click.UsageError("give either --password-file PATH or --nopass")
     try:
@@ -114,9 +121,11 @@ def acl_command(
             )
         elif agent_name is not None:
             user = agent_user(password, agent_name)
-        else:
-            assert ctl_name is not None
+        elif ctl_name is not None:
             user = ctl_user(ctl_name, password, collectors)
+        else:
+            assert watch_name is not None
+            user = watch_user(watch_name, password)
     except (AclError, OSError) as exc:
         click.echo(f"procmond: {exc}", err=True)
         sys.exit(2)
