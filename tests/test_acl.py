@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_light_imports import heavy, imported_by
 
 from procmond.acl import (
     CTL_CLIENT_PREFIX,
@@ -207,3 +208,10 @@ def test_the_command_refuses_bad_or_ambiguous_names(args: list[str]) -> None:
     result = CliRunner().invoke(main, ["acl", *args])
     assert result.exit_code == 2
     assert result.stdout == ""
+
+
+def test_the_acl_module_imports_light() -> None:
+    """procmond.acl (an operator tool) loads no daemon, storage, collection, redis or pydantic."""
+    modules = imported_by("procmond.acl")
+    assert heavy(modules) == []
+    assert not {"redis", "pydantic", "psutil"} & set(modules)
