@@ -87,6 +87,7 @@ COLLECTOR_MOVES = [
     Move("write outside the event streams", "command", ("SET", "events.process.start.x", "1")),
     Move("destroy events", "command", ("DEL", "events.process.start")),
     Move("destroy events", "command", ("XTRIM", "events.process.start", "MAXLEN", "0")),
+    Move("destroy events", "command", ("XDEL", "events.process.start", "0-1")),
     Move("destroy events", "command", ("FLUSHALL",)),
     Move("destroy events", "command", ("FLUSHDB",)),
     # administration
