@@ -45,7 +45,6 @@ from typing import Final
 from procmond.protocol import IDENTIFIER
 from procmond.topics import (
     EVENT_KINDS,
-    EVENT_STREAMS,
     HEARTBEAT_PATTERN,
     REGISTRATION_PATTERN,
     STATUS_PATTERN,
@@ -85,6 +84,8 @@ CONNECTION_COMMANDS: Final = ("+hello", "+auth", "+ping", "+client|setname")
 #: What ``procmond watch`` pattern-subscribes by default (Redis matches a
 #: PSUBSCRIBE pattern literally against the allowed ones).
 WATCH_PATTERN: Final = "control.*"
+#: Every event stream key, sharded ones included (read-only for the watcher).
+EVENT_KEY_PATTERN: Final = "events.process.*"
 #: Bytes of a generated password before base64 (256 bits).
 PASSWORD_BYTES: Final = 32
 
@@ -281,10 +282,10 @@ def watch_user(name: str, password: Password) -> AclUser:
     """An operator's user for ``procmond watch``: every control message, the streams read-only.
 
     Its default pattern ``control.*`` only (a PSUBSCRIBE pattern is matched
-    literally), and XREVRANGE / XREAD on the four stream keys with read-only
-    (``%R~``) access. It publishes nothing.
+    literally), and XREVRANGE / XREAD on the event streams, their shards
+    included, read-only (``%R~``). It publishes nothing.
     """
     _identifier(name, "user name")
     psubscribe = ("+psubscribe", *_channels([WATCH_PATTERN]))
-    read = ("+xrevrange", "+xread", *(f"%R~{key}" for key in EVENT_STREAMS))
+    read = ("+xrevrange", "+xread", f"%R~{EVENT_KEY_PATTERN}")
     return AclUser(name, password, (*CONNECTION_COMMANDS, "+punsubscribe"), (psubscribe, read))

@@ -119,13 +119,11 @@ def test_an_operator_may_be_limited_to_some_collectors() -> None:
 
 
 def test_the_watcher_reads_without_writing() -> None:
-    """--watch: PSUBSCRIBE control.* and XREVRANGE/XREAD on the streams, read only; no publish."""
+    """--watch: PSUBSCRIBE control.*, XREVRANGE/XREAD on every stream and shard, read only."""
     rules = watch_user("eyes", NOPASS).rules()
     assert selector(rules, "+psubscribe") == "(resetchannels resetkeys +psubscribe &control.*)"
     assert selector(rules, "+xread") == (
-        "(resetchannels resetkeys +xrevrange +xread "
-        + " ".join(f"%R~{k}" for k in EVENT_STREAMS)
-        + ")"
+        "(resetchannels resetkeys +xrevrange +xread %R~events.process.*)"
     )
     assert not any("publish" in r or "%W~" in r for r in rules)
 
