@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +116,16 @@ def acl_redis(directory: Path) -> Iterator[AclRedis]:
         yield AclRedis(server, passwords)
 
 
+def next_message(pubsub: Any, timeout: float = 30.0) -> dict[str, Any]:
+    """The next message of a redis-py pub/sub (a reply refused by Redis raises); bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if message is not None:
+            return dict(message)
+    raise TimeoutError(f"no pub/sub message within {timeout} s")
+
+
 @dataclass(frozen=True)
 class Move:
     """One thing an attacker tries: a Redis command, a subscription or a publish."""
@@ -139,7 +150,7 @@ def attempt(client: redis.Redis, move: Move) -> str:
             pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             try:
                 getattr(pubsub, move.kind)(*move.args)
-                pubsub.get_message(timeout=5)
+                next_message(pubsub)  # the confirmation, or the refusal raised
             finally:
                 pubsub.close()
     except redis.exceptions.NoPermissionError:

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acl_support import AGENT, OPERATOR, PROCMOND, WATCHER, AclRedis, Move, acl_redis, attempt
+from acl_support import (
+    AGENT,
+    OPERATOR,
+    PROCMOND,
+    WATCHER,
+    AclRedis,
+    Move,
+    acl_redis,
+    attempt,
+    next_message,
+)
 from e2e_support import churn_child, daemon
 from redis_fixtures import short_dir
 
@@ -262,13 +272,13 @@ async def watch_sees_web_01(users: AclRedis) -> None:
     assert watcher.stdout is not None
     marker = "acl-watch-marker"
     try:
-        async with asyncio.timeout(20):  # a heartbeat shown: watch is connected and tailing
+        async with asyncio.timeout(30):  # a heartbeat shown: watch is connected and tailing
             while True:
                 line = json.loads(await watcher.stdout.readline())
                 if line["topic"] == "control.health.heartbeat.web-01":
                     break
         with churn_child(marker):
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(30):
                 while True:
                     line = json.loads(await watcher.stdout.readline())
                     # a cycle reports the start with the marker; the kernel, its exec
@@ -292,7 +302,7 @@ async def test_each_party_works_under_its_own_user(users: AclRedis, tmp_path: Pa
     admin.acl_log_reset()  # the refusals of the attack tests before this one
     beats = admin.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     beats.subscribe("control.health.heartbeat.web-01")
-    assert beats.get_message(timeout=5) is not None  # the subscribe confirmation
+    assert next_message(beats)["type"] == "subscribe"
     async with agent_process(users.url(AGENT)) as lines:
         with daemon(tmp_path, users.url("web-01"), "web-01") as proc:
             await until(lines, event="registered", collector_id="web-01")
@@ -327,10 +337,10 @@ async def test_another_collector_cannot_answer_a_register(
     watch = admin.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     watch.subscribe("control.registration.web-03", "control.health.status.web-03")
     for _ in range(2):
-        assert watch.get_message(timeout=5) is not None
+        assert next_message(watch)["type"] == "subscribe"
     with daemon(tmp_path, users.url("web-03"), "web-03", name=attacker) as proc:
         register = None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(30):
             while register is None or register["channel"] != b"control.registration.web-03":
                 register = await asyncio.to_thread(watch.get_message, True, 1.0)
         request = json.loads(register["data"])
@@ -359,7 +369,7 @@ async def test_another_collector_cannot_answer_a_register(
         else:  # the old recipe: the forged answer is taken, web-03 goes ready for nobody
             assert outcome == "allowed"
             announced = None
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(30):
                 while announced is None or announced["channel"] != b"control.health.status.web-03":
                     announced = await asyncio.to_thread(watch.get_message, True, 1.0)
             assert json.loads(announced["data"])["state"] == "ready"
