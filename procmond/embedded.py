@@ -34,7 +34,13 @@ from typing import IO, Final, Self
 
 from procmond.children import death_signal_preexec
 
-__all__ = ["EmbeddedRedisError", "RedisServer", "find_server_binary", "free_port"]
+__all__ = [
+    "SERVER_LIMITS",
+    "EmbeddedRedisError",
+    "RedisServer",
+    "find_server_binary",
+    "free_port",
+]
 
 INSTALL_HINT: Final = (
     "no redis-server found: install it with `apt-get install redis-server` "
@@ -47,6 +53,27 @@ LOG_FILE: Final = "redis.log"
 # sun_path is 108 bytes on Linux including the terminating NUL; a longer path
 # fails inside redis-server with an unhelpful message, so we refuse it first.
 MAX_SOCKET_PATH: Final = 107
+#: Input limits of every server started here (docs/security.md, "Redis limits").
+#: Redis has no per-publisher limit: a PUBLISH is copied into each subscriber's
+#: output buffer, and it is the *subscriber* that Redis disconnects when that
+#: buffer passes ``client-output-buffer-limit pubsub`` (a 40 MB PUBLISH dropped
+#: procmond's and the agent's subscriber connections, issue 11). The defence is
+#: to refuse such a message at the door: ``proto-max-bulk-len`` 2 MB (protocol
+#: section 1 caps a message at 1 MiB, a JWS of it is a third larger plus its
+#: header, 1.34 MiB) makes Redis answer a bigger argument with a protocol error
+#: and close the *sender's* connection. ``client-query-buffer-limit`` 32 MB
+#: (default 1 GB) closes a client that streams one huge multi-argument command,
+#: before its ACL check would refuse it. The pubsub output buffer limit is
+#: written out at Redis's default (32 MB hard, 8 MB for 60 s): 16 messages of
+#: the largest allowed size, a backlog a live subscriber never reaches.
+SERVER_LIMITS: Final = (
+    "--proto-max-bulk-len",
+    "2mb",
+    "--client-query-buffer-limit",
+    "32mb",
+    "--client-output-buffer-limit",
+    "pubsub 32mb 8mb 60",
+)
 
 
 class EmbeddedRedisError(Exception):
@@ -139,7 +166,8 @@ class RedisServer:
             args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         if self.unix_socket:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
-        return args + list(self.extra_args)
+        # extra_args come last: a later directive wins, so a caller may override a limit.
+        return args + list(SERVER_LIMITS) + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> str:
         """Start the server, wait until it answers PING, write redis.url; return the URL."""

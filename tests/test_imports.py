@@ -72,6 +72,7 @@ OWNERS: dict[str, frozenset[str]] = {
     "click": frozenset(
         {
             "procmond/cli/__init__.py",
+            "procmond/cli/acl.py",
             "procmond/cli/control.py",
             "procmond/cli/daemon.py",
             "procmond/cli/options.py",
